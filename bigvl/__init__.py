@@ -1,0 +1,3 @@
+"""bigvl: pretraining vision and vision-language models with JAX/Flax."""
+
+__version__ = "0.1.0"

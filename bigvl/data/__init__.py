@@ -1,0 +1,1 @@
+"""Data: sources (random-access records), transforms (the `pp` spec), tokenizer, grain loader."""

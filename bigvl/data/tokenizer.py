@@ -1,0 +1,83 @@
+"""Sentencepiece tokenizer: load one, or train one from captions and cache it."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+
+class Tokenizer:
+  """Wraps a sentencepiece model. Texts -> (n, length) int32 ids: pieces, EOS, then pad."""
+
+  def __init__(self, model_proto: bytes, source: str = "<memory>"):
+    self.source = source
+    self._proto = model_proto
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.vocab_size = self.sp.get_piece_size()
+    self.eos_id = self.sp.eos_id()
+    self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else 0
+    if self.eos_id < 0:
+      raise ValueError(f"Tokenizer {source} has no EOS piece; bigvl needs one to end texts.")
+
+  @classmethod
+  def load(cls, path: str) -> "Tokenizer":
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"Tokenizer model not found: {path!r}. Set config.data.tokenizer "
+                              "to a sentencepiece .model file, or to '' to train one.")
+    with open(path, "rb") as f:
+      return cls(f.read(), source=path)
+
+  def encode(self, texts: Sequence[str] | str, length: int) -> np.ndarray:
+    """Ids padded with pad_id; a text longer than `length` is cut and still ends in EOS."""
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    out = np.full((len(texts), length), self.pad_id, np.int32)
+    for i, ids in enumerate(self.sp.encode(texts)):
+      ids = list(ids)[:length - 1] + [self.eos_id]
+      out[i, :len(ids)] = ids
+    return out[0] if single else out
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = [int(i) for i in ids]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self.sp.decode([i for i in ids if i != self.pad_id])
+
+  def save(self, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      f.write(self._proto)
+    os.replace(tmp, path)  # Atomic: a reader never sees half a model.
+
+
+def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram") -> Tokenizer:
+  """Trains a sentencepiece model on `texts`; ids: pad 0, unk 1, eos 2, no bos.
+
+  Single-threaded so the same texts always give the same model.
+  """
+  buf = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size,
+      model_type=model_type, pad_id=0, unk_id=1, eos_id=2, bos_id=-1,
+      hard_vocab_limit=False, character_coverage=1.0, num_threads=1,
+      minloglevel=2)
+  return Tokenizer(buf.getvalue(), source=f"<trained {model_type} vocab={vocab_size}>")
+
+
+def get_or_train(path: str, workdir: str | None, texts_fn, vocab_size: int) -> Tokenizer:
+  """`path` if given; else the cached `workdir/tokenizer.model`; else train on `texts_fn()` and cache."""
+  if path:
+    return Tokenizer.load(path)
+  cached = os.path.join(workdir, "tokenizer.model") if workdir else None
+  if cached and os.path.exists(cached):
+    return Tokenizer.load(cached)
+  tok = train(texts_fn(), vocab_size)
+  if cached:
+    os.makedirs(workdir, exist_ok=True)
+    tok.save(cached)
+    tok.source = cached
+  return tok

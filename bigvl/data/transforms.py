@@ -1,0 +1,208 @@
+"""Preprocessing ops and the `pp` spec that chains them.
+
+A spec is a `|`-separated list of ops, big_vision style:
+`"resize(16)|random_crop(16, pad=2)|value_range(-1, 1)|choose_text|tokenize"`.
+Each op is `fn(example: dict, rng: np.random.Generator | None) -> dict`. Random ops
+draw from `rng`; given `rng=None` (evaluation) they take their deterministic
+counterpart (centre crop, first caption, no flip). The loader derives `rng` from the
+seed and the example's position in the stream, so augmentation is reproducible.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, Callable
+
+import numpy as np
+
+from bigvl.registry import Registry, check_kwargs
+
+OPS = Registry("preprocessing op")
+Op = Callable[[dict, "np.random.Generator | None"], dict]
+
+
+def parse(spec: str) -> list[tuple[str, list[Any], dict[str, Any]]]:
+  """`"a(1, k=2)|b"` -> [("a", [1], {"k": 2}), ("b", [], {})]."""
+  out = []
+  for part in (p.strip() for p in spec.split("|")):
+    if not part:
+      continue
+    try:
+      node = ast.parse(part, mode="eval").body
+    except SyntaxError as e:
+      raise ValueError(f"Cannot parse pp op {part!r} in {spec!r}: {e.msg}.") from e
+    if isinstance(node, ast.Name):
+      out.append((node.id, [], {}))
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+      args = [ast.literal_eval(a) for a in node.args]
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+      out.append((node.func.id, args, kwargs))
+    else:
+      raise ValueError(f"pp op {part!r} in {spec!r} is not of the form name or name(args).")
+  return out
+
+
+def build(spec: str, **context) -> Op:
+  """Compiles a spec into one op. `context` (e.g. tokenizer=, text_len=) fills op options
+  the spec leaves out, for ops that accept them."""
+  ops = []
+  for name, args, kwargs in parse(spec):
+    factory = OPS.get(name)
+    check_kwargs(factory, kwargs, f"pp op {name!r}")
+    accepted = factory.__code__.co_varnames[:factory.__code__.co_argcount +
+                                            factory.__code__.co_kwonlyargcount]
+    for k, v in context.items():
+      if k in accepted and k not in kwargs:
+        kwargs[k] = v
+    ops.append(factory(*args, **kwargs))
+
+  def apply(example, rng=None):
+    example = dict(example)
+    for op in ops:
+      example = op(example, rng)
+    return example
+
+  return apply
+
+
+def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
+  """Bilinear resize with half-pixel centres (as PIL/TF). (H, W, C) -> (h, w, C) float32."""
+  img = np.asarray(img, np.float32)
+  H, W = img.shape[:2]
+
+  def coords(n_out, n_in):
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    lo = np.floor(x).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (x - lo).astype(np.float32)
+
+  y0, y1, wy = coords(h, H)
+  x0, x1, wx = coords(w, W)
+  top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
+  bot = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
+  return top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
+
+
+@OPS.register("resize")
+def resize(size, key: str = "image"):
+  """Bilinear resize to `size` (int or (h, w)); the image becomes float32 in its input range."""
+  h, w = (size, size) if isinstance(size, int) else size
+
+  def op(ex, rng):
+    ex[key] = resize_bilinear(ex[key], h, w)
+    return ex
+  return op
+
+
+@OPS.register("random_crop")
+def random_crop(size, pad: int = 0, key: str = "image"):
+  """Zero-pads by `pad` then crops `size` at a random place (centre when evaluating)."""
+  h, w = (size, size) if isinstance(size, int) else size
+
+  def op(ex, rng):
+    img = ex[key]
+    if pad:
+      img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)))
+    H, W = img.shape[:2]
+    if H < h or W < w:
+      raise ValueError(f"random_crop({size}): image {img.shape[:2]} is smaller than the crop.")
+    if rng is None:
+      y, x = (H - h) // 2, (W - w) // 2
+    else:
+      y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    ex[key] = img[y:y + h, x:x + w]
+    return ex
+  return op
+
+
+@OPS.register("central_crop")
+def central_crop(size, key: str = "image"):
+  h, w = (size, size) if isinstance(size, int) else size
+
+  def op(ex, rng):
+    img = ex[key]
+    H, W = img.shape[:2]
+    y, x = (H - h) // 2, (W - w) // 2
+    ex[key] = img[y:y + h, x:x + w]
+    return ex
+  return op
+
+
+@OPS.register("flip_lr")
+def flip_lr(key: str = "image"):
+  """Random horizontal flip with probability 1/2 (none when evaluating)."""
+  def op(ex, rng):
+    if rng is not None and rng.random() < 0.5:
+      ex[key] = ex[key][:, ::-1]
+    return ex
+  return op
+
+
+@OPS.register("value_range")
+def value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
+                in_max: float = 255.0, key: str = "image"):
+  """Maps [in_min, in_max] linearly to [vmin, vmax], as float32."""
+  def op(ex, rng):
+    x = np.asarray(ex[key], np.float32)
+    ex[key] = vmin + (x - in_min) * ((vmax - vmin) / (in_max - in_min))
+    return ex
+  return op
+
+
+NORM_STATS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+@OPS.register("normalize")
+def normalize(stats: str = "imagenet", key: str = "image"):
+  """(x / 255 - mean) / std with named statistics: imagenet | clip | siglip."""
+  if stats not in NORM_STATS:
+    raise ValueError(f"Unknown normalize stats {stats!r}; valid: {sorted(NORM_STATS)}.")
+  mean, std = (np.asarray(s, np.float32) for s in NORM_STATS[stats])
+
+  def op(ex, rng):
+    ex[key] = (np.asarray(ex[key], np.float32) / 255.0 - mean) / std
+    return ex
+  return op
+
+
+@OPS.register("choose_text")
+def choose_text(key: str = "texts", out: str = "text"):
+  """Picks one of several captions at random (the first when evaluating)."""
+  def op(ex, rng):
+    texts = ex[key]
+    if isinstance(texts, str):
+      texts = (texts,)
+    ex[out] = texts[0] if rng is None else texts[int(rng.integers(len(texts)))]
+    return ex
+  return op
+
+
+@OPS.register("tokenize")
+def tokenize(key: str = "text", length: int | None = None, tokenizer=None, text_len=None):
+  """Tokenizes `ex[key]` into (length,) int32 ids (EOS, then padding)."""
+  if tokenizer is None:
+    raise ValueError("pp op 'tokenize' needs a tokenizer; the loader passes config.data's.")
+  length = length or text_len
+  if not length:
+    raise ValueError("pp op 'tokenize' needs a length: tokenize(length=16) or config.data.text_len.")
+
+  def op(ex, rng):
+    ex[key] = tokenizer.encode(ex[key], length)
+    return ex
+  return op
+
+
+@OPS.register("keep")
+def keep(*keys):
+  """Keeps only the listed keys."""
+  def op(ex, rng):
+    missing = [k for k in keys if k not in ex]
+    if missing:
+      raise KeyError(f"pp op keep{keys}: example has no {missing}; it has {sorted(ex)}.")
+    return {k: ex[k] for k in keys}
+  return op

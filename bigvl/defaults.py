@@ -1,0 +1,48 @@
+"""Every key the train loop reads, with its default and a one-line meaning.
+
+An experiment config overrides what it needs; `config_lib.with_defaults` rejects
+top-level keys not listed here (and, in the sections merged key by key —
+`optimizer`, `sharding`, `data` — keys those sections do not have).
+"""
+
+import ml_collections
+
+
+def get_defaults() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                  # Seeds params, data order, augmentation and dropout.
+  c.total_steps = 1000        # Optimizer steps of the run.
+  c.batch_size = 256          # Global batch, over all processes and devices.
+  c.log_every = 50            # Steps between progress lines / metrics.jsonl train rows.
+  c.eval_every = 500          # Steps between evaluations (and always at the last step); 0: only at the end.
+  c.checkpoint_every = 500    # Steps between checkpoints (and always at the last step); 0: only at the end.
+  c.keep_checkpoints = 3      # Newest checkpoints kept on disk.
+
+  c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).
+  c.objective = ml_collections.ConfigDict()  # name + the objective's own options (see bigvl/objectives).
+  c.evals = ml_collections.ConfigDict()      # eval name -> {type, every?, ...evaluator options}.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"      # adamw | sgd | adafactor
+  c.optimizer.lr = 1e-3           # Peak learning rate.
+  c.optimizer.schedule = "cosine" # cosine | linear | constant (after warmup)
+  c.optimizer.warmup_steps = 0    # Linear warmup from 0 to lr.
+  c.optimizer.min_lr_ratio = 0.0  # End of decay, as a fraction of lr.
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.weight_decay = 1e-4  # Decoupled, applied to params matching wd_pattern.
+  c.optimizer.wd_pattern = r".*/kernel$"  # Regex over "/"-joined param paths.
+  c.optimizer.grad_clip = 1.0     # Global norm clip; 0 disables.
+
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices.
+  c.sharding.rules = "dp"         # Preset name (dp | fsdp | fsdp_tp) or a list of (logical, mesh axes).
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = ml_collections.ConfigDict()  # {source, split, pp, ...source options}
+  c.data.tokenizer = ""           # Path of a sentencepiece model; "" trains one on the train captions.
+  c.data.vocab_size = 64          # Vocabulary of a tokenizer trained here.
+  c.data.text_len = 16            # Tokens per text, after EOS, padded.
+  c.data.workers = 0              # Grain worker processes; 0 reads in the main process.
+  c.data.prefetch = 2             # Batches prefetched per worker.
+  return c

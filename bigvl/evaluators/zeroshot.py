@@ -1,0 +1,85 @@
+"""Zero-shot classification with a two-tower model: class names through prompt templates."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigvl import sharding as sh
+from bigvl.data import loader, sources, transforms
+from bigvl.evaluators import EVALUATORS
+
+
+def class_embeddings(text_emb: np.ndarray) -> np.ndarray:
+  """(classes, templates, d) normalised template embeddings -> (classes, d): renormalised mean."""
+  m = text_emb.mean(axis=1)
+  return m / np.linalg.norm(m, axis=-1, keepdims=True)
+
+
+def topk_accuracy(img_emb: np.ndarray, labels: np.ndarray, cls_emb: np.ndarray,
+                  ks=(1, 5)) -> dict[str, float]:
+  """Fraction of images whose label is among the k classes of highest cosine similarity."""
+  sims = img_emb @ cls_emb.T
+  order = np.argsort(-sims, axis=1, kind="stable")
+  out = {}
+  for k in ks:
+    if k <= cls_emb.shape[0]:
+      out[f"top{k}"] = float(np.mean(np.any(order[:, :k] == labels[:, None], axis=1)))
+  return out
+
+
+@EVALUATORS.register("zeroshot")
+class ZeroShot:
+  """Top-1/top-5 of `argmax_c <image, mean_t text(template_t(class_c))>` on a labelled source."""
+
+  def __init__(self, ctx, *, source: str = "digits", split: str = "test", pp: str = "",
+               class_names=None, templates=None, batch_size: int = 256, **source_opts):
+    self.ctx = ctx
+    self.source = sources.build(dict(source=source, split=split, **source_opts))
+    self.class_names = list(class_names or getattr(self.source, "class_names", []) or [])
+    self.templates = list(templates or getattr(self.source, "templates", ["{}"]))
+    if not self.class_names:
+      raise ValueError(f"zeroshot on {source}:{split}: the source has no class_names; "
+                       "set them in the eval config.")
+    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
+    self.batch_size = -(-batch_size // dp) * dp  # A multiple of the data-parallel size.
+    model = ctx.model
+    self._embed_image = jax.jit(
+        lambda p, x: model.apply({"params": p}, x, None, train=False)[0])
+    self._embed_text = jax.jit(
+        lambda p, t: model.apply({"params": p}, None, t, train=False)[1])
+
+  def _global(self, x):
+    return sh.to_global_batch({"x": x}, self.ctx.mesh, self.ctx.rules)["x"]
+
+  def _texts_embedding(self, params) -> np.ndarray:
+    prompts = [t.format(c) for c in self.class_names for t in self.templates]
+    tokens = self.ctx.tokenizer.encode(prompts, self.ctx.text_len)
+    n = len(prompts)
+    pad = (-n) % self.batch_size
+    tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
+    embs = []
+    for i in range(0, len(tokens), self.batch_size):
+      embs.append(np.asarray(jax.device_get(
+          self._embed_text(params, jnp.asarray(tokens[i:i + self.batch_size])))))
+    emb = np.concatenate(embs)[:n]
+    return emb.reshape(len(self.class_names), len(self.templates), -1)
+
+  def run(self, params) -> dict[str, float]:
+    cls_emb = class_embeddings(self._texts_embedding(params))
+    correct = {}
+    total = 0
+    for batch in loader.eval_batches(self.source, self.pp, self.batch_size // self.ctx.process_count,
+                                     self.ctx.process_index, self.ctx.process_count):
+      g = sh.to_global_batch({"image": batch["image"], "label": batch["label"],
+                              "mask": batch["_mask"]}, self.ctx.mesh, self.ctx.rules)
+      emb = sh.to_host(self._embed_image(params, g["image"]))
+      labels, gmask = sh.to_host(g["label"]), sh.to_host(g["mask"])
+      acc = topk_accuracy(emb[gmask], labels[gmask], cls_emb)
+      m = int(gmask.sum())
+      for k, v in acc.items():
+        correct[k] = correct.get(k, 0.0) + v * m
+      total += m
+    return {k: v / total for k, v in correct.items()}

@@ -1,0 +1,1 @@
+"""Fused ops. Each op is a public function with an `impl` switch and a pure-JAX reference."""

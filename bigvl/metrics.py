@@ -1,0 +1,73 @@
+"""Metric writers: `metrics.jsonl` (one JSON object per line) and the progress line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+
+class JsonlWriter:
+  """Appends `{"step": s, name: value, ...}` rows; only the writing process opens the file."""
+
+  def __init__(self, path: str, enabled: bool = True):
+    self.path = path
+    self.enabled = enabled
+    if enabled:
+      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: _to_json(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def _to_json(v):
+  v = float(v)
+  return v if math.isfinite(v) else str(v)  # JSON has no NaN; keep it readable.
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+  """Measures steps/s between calls and prints `step a/b | loss | steps/s | ETA`."""
+
+  def __init__(self, total_steps: int, start_step: int, enabled: bool = True, stream=None):
+    self.total = total_steps
+    self.enabled = enabled
+    self.stream = stream or sys.stdout
+    self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def rate(self, step: int) -> float:
+    now = time.perf_counter()
+    dt, ds = now - self._last_time, step - self._last_step
+    self._last_step, self._last_time = step, now
+    return ds / dt if dt > 0 else 0.0
+
+  def line(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    sps = metrics.get("train/steps_per_sec", 0.0)
+    eta = (self.total - step) / sps if sps > 0 else float("nan")
+    parts = [f"step {step}/{self.total}"]
+    for k in ("train/loss", "train/lr"):
+      if k in metrics:
+        parts.append(f"{k.split('/')[-1]} {float(metrics[k]):.4g}")
+    parts.append(f"{sps:.2f} steps/s")
+    parts.append(f"ETA {format_duration(eta) if math.isfinite(eta) else '?'}")
+    print(" | ".join(parts), file=self.stream, flush=True)

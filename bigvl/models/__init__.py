@@ -1,0 +1,20 @@
+"""Model registry: `config.model.name` -> a Flax linen module class."""
+
+from bigvl.registry import Registry
+from bigvl.models.text import TextTransformer
+from bigvl.models.two_towers import TwoTowers
+from bigvl.models.vit import ViT
+
+MODELS = Registry("model")
+MODELS.register("vit")(ViT)
+MODELS.register("text")(TextTransformer)
+MODELS.register("two_towers")(TwoTowers)
+
+
+def build(model_cfg) -> "nn.Module":
+  """Builds the module named `model_cfg.name` with the remaining keys as its options."""
+  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+  if "name" not in cfg:
+    raise ValueError("config.model.name is not set; valid: " + ", ".join(MODELS.names()))
+  name = cfg.pop("name")
+  return MODELS.build(name, **cfg)

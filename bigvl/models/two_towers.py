@@ -1,0 +1,72 @@
+"""Image tower + text tower with projections, learnable temperature and (SigLIP) bias."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from bigvl import sharding as sh
+from bigvl.models import layers
+from bigvl.models.text import TextTransformer
+from bigvl.models.vit import ViT
+from bigvl.registry import check_kwargs
+
+
+def _l2_normalize(x, eps=1e-12):
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+class TwoTowers(nn.Module):
+  """(image (b,h,w,c) | None, text (b,l) | None) -> (zimg, ztxt, extras).
+
+  zimg/ztxt are L2-normalised (b, embed_dim) embeddings (None for a missing input).
+  extras: `t` (temperature, exp of the learned log), `b` (bias, or absent), `img/...`, `txt/...`.
+  """
+  image: dict | None = None          # ViT options.
+  text: dict | None = None           # TextTransformer options.
+  embed_dim: int | None = None       # Projection size; None: no projection (tower widths must match).
+  image_proj_bias: bool = True
+  text_proj_bias: bool = True
+  temperature_init: float = 10.0     # SigLIP 10; CLIP 1/0.07.
+  bias_init: float | None = None     # SigLIP -10; None: no bias (CLIP).
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    for what, cls, opts in (("image", ViT, self.image), ("text", TextTransformer, self.text)):
+      if opts is not None:
+        check_kwargs(cls, dict(opts), f"config.model.{what}")
+    self.img = ViT(**dict(self.image or {}), dtype=self.dtype) if self.image is not None else None
+    self.txt = (TextTransformer(**dict(self.text or {}), dtype=self.dtype)
+                if self.text is not None else None)
+    if self.embed_dim:
+      kw = lambda bias: dict(use_bias=bias, dtype=self.dtype,
+                             kernel_init=layers.logical(nn.initializers.lecun_normal(),
+                                                        (sh.EMBED, None)),
+                             bias_init=layers.logical(nn.initializers.zeros, (None,)))
+      self.img_proj = nn.Dense(self.embed_dim, **kw(self.image_proj_bias))
+      self.txt_proj = nn.Dense(self.embed_dim, **kw(self.text_proj_bias))
+    self.log_t = self.param("t", nn.initializers.constant(np.log(self.temperature_init)), (1,))
+    if self.bias_init is not None:
+      self.b = self.param("b", nn.initializers.constant(self.bias_init), (1,))
+
+  def __call__(self, image=None, text=None, *, train: bool = False):
+    extras: dict[str, Any] = {"t": jnp.exp(self.log_t[0])}
+    if self.bias_init is not None:
+      extras["b"] = self.b[0]
+    zimg = ztxt = None
+    if image is not None:
+      feats, ex = self.img(image, train=train)
+      extras.update({f"img/{k}": v for k, v in ex.items()})
+      if self.embed_dim:
+        feats = self.img_proj(feats)
+      zimg = _l2_normalize(feats.astype(jnp.float32))
+    if text is not None:
+      feats, ex = self.txt(text, train=train)
+      extras.update({f"txt/{k}": v for k, v in ex.items()})
+      if self.embed_dim:
+        feats = self.txt_proj(feats)
+      ztxt = _l2_normalize(feats.astype(jnp.float32))
+    return zimg, ztxt, extras

@@ -1,0 +1,97 @@
+"""Vision Transformer (Dosovitskiy et al.) with big_vision/CLIP/SigLIP switches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bigvl import sharding as sh
+from bigvl.models import layers, sizes
+
+
+class ViT(nn.Module):
+  """images (b, h, w, c) -> (out, extras).
+
+  `out` is the head's logits when `num_classes` is set, else the pooled features.
+  extras: `tokens` (b, n, width) after the encoder, `pre_logits` (b, width).
+  """
+  variant: str | None = None         # "B/16"; explicit fields below override it.
+  width: int | None = None
+  depth: int | None = None
+  mlp_dim: int | None = None
+  num_heads: int | None = None
+  patch_size: int | None = None
+  posemb: str = "learn"              # learn | sincos2d
+  pool: str = "gap"                  # cls | gap | map | none
+  pre_norm: bool = False             # LayerNorm before the first block (CLIP's ln_pre).
+  final_norm: bool = True
+  patch_bias: bool = True
+  act: str = "gelu"
+  ln_eps: float = 1e-6
+  dropout: float = 0.0
+  num_classes: int | None = None     # Linear head on the pooled features.
+  head_bias: bool = True
+  head_zero_init: bool = True
+  attention_impl: str = "xla"
+  dtype: Any = jnp.float32
+
+  def dims(self) -> dict[str, int]:
+    return sizes.resolve(self.variant, width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
+                         num_heads=self.num_heads, patch_size=self.patch_size)
+
+  @nn.compact
+  def __call__(self, image, *, train: bool = False):
+    d = self.dims()
+    width, p = d["width"], d["patch_size"]
+    if image.shape[1] % p or image.shape[2] % p:
+      raise ValueError(f"Image size {image.shape[1:3]} is not a multiple of patch size {p}.")
+    x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", use_bias=self.patch_bias,
+                dtype=self.dtype, name="embedding",
+                kernel_init=layers.logical(nn.initializers.lecun_normal(),
+                                           (None, None, None, sh.EMBED)),
+                bias_init=layers.logical(nn.initializers.zeros, (sh.EMBED,)))(
+                    image.astype(self.dtype))
+    b, h, w, _ = x.shape
+    x = x.reshape(b, h * w, width)
+    if self.posemb == "learn":
+      pe = self.param("pos_embedding",
+                      layers.logical(nn.initializers.normal(width ** -0.5),
+                                     (None, sh.LENGTH, sh.EMBED)), (1, h * w, width))
+    elif self.posemb == "sincos2d":
+      pe = layers.posemb_sincos_2d(h, w, width)
+    else:
+      raise ValueError(f"Unknown posemb {self.posemb!r}; valid: learn, sincos2d.")
+    x = x + pe.astype(x.dtype)
+    if self.pool == "cls":
+      cls = self.param("cls", layers.logical(nn.initializers.zeros, (None, None, sh.EMBED)),
+                       (1, 1, width))
+      x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)).astype(x.dtype), x], axis=1)
+    if self.pre_norm:
+      x = layers.layer_norm(self.ln_eps, "pre_norm", self.dtype)(x)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
+                       self.dropout, self.final_norm, self.attention_impl, self.dtype,
+                       name="encoder")(x, train=train)
+    extras = {"tokens": x}
+    if self.pool == "cls":
+      pooled = x[:, 0]
+    elif self.pool == "gap":
+      pooled = x.mean(axis=1)
+    elif self.pool == "map":
+      pooled = layers.MAPHead(d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
+                              self.attention_impl, self.dtype, name="map_head")(x)
+    elif self.pool == "none":
+      pooled = x
+    else:
+      raise ValueError(f"Unknown pool {self.pool!r}; valid: cls, gap, map, none.")
+    extras["pre_logits"] = pooled
+    if self.num_classes:
+      init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
+      out = nn.Dense(self.num_classes, use_bias=self.head_bias, dtype=self.dtype, name="head",
+                     kernel_init=layers.logical(init, (sh.EMBED, sh.CLASSES)),
+                     bias_init=layers.logical(nn.initializers.zeros, (sh.CLASSES,)))(pooled)
+      extras["logits"] = out
+      return out, extras
+    return pooled, extras

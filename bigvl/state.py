@@ -1,0 +1,65 @@
+"""The train state and its sharded initialisation.
+
+Shapes come from `jax.eval_shape`, logical partition specs from the params' annotations,
+mesh shardings from the config's rules; then `jit(init, out_shardings=...)` creates every
+array directly in its shard, so no device ever holds a full unsharded copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # int32 scalar: updates applied so far.
+  params: Any              # Boxed (nn.LogicallyPartitioned) param tree.
+  opt_state: Any
+  rng: jax.Array           # Raw uint32 key; per-step keys are fold_in(rng, step).
+
+
+def model_inputs(objective, batch) -> tuple:
+  """Positional model inputs for `model.init`: the objective's choice, else image [, text]."""
+  if hasattr(objective, "init_inputs"):
+    return tuple(objective.init_inputs(batch))
+  if "image" in batch and "text" in batch:
+    return (batch["image"], batch["text"])
+  if "image" in batch:
+    return (batch["image"],)
+  raise ValueError("Cannot tell which batch fields the model takes; give the objective an "
+                   "init_inputs(batch) method.")
+
+
+def create(model: nn.Module, objective, tx: optax.GradientTransformation, batch_spec: dict,
+           seed: int, mesh, rules) -> tuple[TrainState, Any]:
+  """Returns (state, state_shardings). `batch_spec`: ShapeDtypeStructs of one global batch."""
+  def init(key):
+    params_key, dropout_key, train_key = jax.random.split(key, 3)
+    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_spec)
+    params = model.init({"params": params_key, "dropout": dropout_key},
+                        *model_inputs(objective, dummy), train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=train_key)
+
+  key = jax.random.PRNGKey(seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(init, key)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+    state = jax.jit(init, out_shardings=shardings)(key)
+  return state, shardings
+
+
+def abstract_like(state: TrainState, shardings) -> TrainState:
+  """ShapeDtypeStructs carrying the target shardings (for checkpoint restore)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+def param_count(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(nn.unbox(params)))

@@ -1,0 +1,220 @@
+"""The single train loop and its CLI.
+
+    python -m bigvl.train --config configs/demo/siglip_digits.py --workdir /tmp/siglip \
+        [--config.total_steps=2000 ...]
+
+Re-running the same command on the same workdir resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bigvl import checkpoint as ckpt_lib
+from bigvl import config_lib, metrics as metrics_lib, models, objectives, optim
+from bigvl import sharding as sh
+from bigvl import state as state_lib
+from bigvl import step as step_lib
+from bigvl import evaluators as eval_lib
+from bigvl.data import loader, sources, tokenizer as tok_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and the tokenizer.")
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss); the message says why and what is kept."""
+
+
+def _fill_vocab_size(node, vocab_size: int):
+  """Sets every `vocab_size: None` in the model config to the tokenizer's size."""
+  if isinstance(node, dict) or hasattr(node, "items"):
+    for k, v in list(node.items()):
+      if k == "vocab_size" and v is None:
+        node[k] = vocab_size
+      else:
+        _fill_vocab_size(v, vocab_size)
+
+
+def _tokenizer(config, workdir):
+  train_source = sources.build(config.data.train) if config.data.train else None
+  needs = "tokenize" in str(config.data.train.get("pp", "")) or any(
+      e.get("type") == "zeroshot" for e in config.evals.values())
+  if not needs:
+    return None
+  if not config.data.tokenizer and not hasattr(train_source, "texts"):
+    raise config_lib.ConfigError(
+        f"config.data.tokenizer is empty and source {config.data.train.source!r} has no captions "
+        "to train one from: give a sentencepiece model path.")
+  return tok_lib.get_or_train(config.data.tokenizer, workdir,
+                              lambda: train_source.texts(), config.data.vocab_size)
+
+
+def _check(config, mesh, rules) -> None:
+  """Fails before compilation on settings that cannot work."""
+  dp = sh.data_parallel_size(mesh, rules)
+  if config.batch_size % dp:
+    raise config_lib.ConfigError(
+        f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
+        f"(mesh {dict(mesh.shape)}); use a multiple of {dp}.")
+  if config.total_steps <= 0:
+    raise config_lib.ConfigError(f"config.total_steps must be > 0, got {config.total_steps}.")
+  if not config.data.train:
+    raise config_lib.ConfigError("config.data.train is empty: set its source, split and pp.")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+  config = config_lib.with_defaults(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sh.make_mesh(config.sharding.mesh)
+  rules = sh.get_rules(config.sharding.rules)
+  _check(config, mesh, rules)
+
+  tokenizer = _tokenizer(config, workdir)
+  if tokenizer is not None:
+    with config.unlocked():
+      _fill_vocab_size(config.model, tokenizer.vocab_size)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+  model = models.build(config.model)
+  objective = objectives.build(config.objective)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  context = dict(tokenizer=tokenizer, text_len=config.data.text_len)
+
+  train_ds = loader.train_dataset(config.data.train, batch_size=config.batch_size,
+                                  seed=config.seed, context=context,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  local = train_ds[0]
+  batch_spec = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
+                for k, v in local.items()}
+  batch_shardings = {k: sh.batch_sharding(mesh, rules, len(v.shape))
+                     for k, v in batch_spec.items()}
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state, state_shardings = state_lib.create(model, objective, tx, batch_spec, config.seed,
+                                              mesh, rules)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+    start_step = ckpt.latest_step() or 0
+    if start_step:
+      state = ckpt.restore(start_step, state, state_shardings)
+      print(f"Resumed from checkpoint step {start_step} in {ckpt.directory}", flush=True)
+    if is_main:
+      print(f"bigvl: {jax.device_count()} devices in {jax.process_count()} process(es), "
+            f"mesh {dict(mesh.shape)}, {state_lib.param_count(state.params):,} params, "
+            f"workdir {workdir}", flush=True)
+
+    step_fn = jax.jit(
+        functools.partial(step_lib.train_step, model=model, objective=objective, tx=tx,
+                          schedule=schedule),
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, NamedSharding(mesh, P())),
+        donate_argnums=(0,))
+
+    ctx = eval_lib.EvalContext(model=model, tokenizer=tokenizer, text_len=config.data.text_len,
+                               mesh=mesh, rules=rules, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    evals = {name: (eval_lib.build(name, cfg, ctx), int(cfg.get("every", config.eval_every)))
+             for name, cfg in config.evals.items()}
+
+    writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+    progress = metrics_lib.Progress(config.total_steps, start_step, enabled=is_main)
+    it = loader.train_iterator(config.data.train, batch_size=config.batch_size, seed=config.seed,
+                               start_step=start_step, context=context,
+                               workers=config.data.workers, prefetch=config.data.prefetch,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    last = {}
+    try:
+      for step in range(start_step + 1, config.total_steps + 1):
+        batch = sh.to_global_batch(next(it), mesh, rules)
+        state, m = step_fn(state, batch)
+        is_last = step == config.total_steps
+        do_ckpt = is_last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+        do_eval = {n for n, (_, every) in evals.items()
+                   if is_last or (every and step % every == 0)}
+        if do_ckpt or do_eval or step % config.log_every == 0:
+          m = {k: float(v) for k, v in jax.device_get(m).items()}
+          m["train/steps_per_sec"] = progress.rate(step)
+          _check_finite(step, m, ckpt)
+          writer.write(step, m)
+          progress.line(step, m)
+          last.update(m)
+        if do_eval:
+          t0 = time.perf_counter()
+          em = {}
+          for name in sorted(do_eval):
+            em.update({f"eval/{name}/{k}": v for k, v in evals[name][0].run(state.params).items()})
+          writer.write(step, em)
+          last.update(em)
+          if is_main:
+            print(f"step {step} eval ({time.perf_counter() - t0:.1f}s): " +
+                  ", ".join(f"{k} {v:.4f}" for k, v in em.items()), flush=True)
+          progress.rate(step)  # Evaluation time is not training speed.
+        if do_ckpt:
+          ckpt.save(step, state, config)
+    finally:
+      ckpt.wait()
+      ckpt.close()
+  return last
+
+
+def _check_finite(step: int, m: dict, ckpt) -> None:
+  bad = [k for k, v in m.items() if not math.isfinite(v)]
+  if bad:
+    ckpt.wait()
+    raise TrainingError(
+        f"Non-finite {bad[0]} = {m[bad[0]]} at step {step}. No checkpoint was written at or "
+        f"after this step; the last good one is step {ckpt.latest_step()} in {ckpt.directory}. "
+        "Lower config.optimizer.lr or check the data.")
+
+
+def _parse_flags(argv):
+  spec, overrides, rest = config_lib.split_config_flags(argv)
+  rest = FLAGS(rest)
+  if spec is None:
+    raise app.UsageError("--config is required, e.g. --config configs/demo/siglip_digits.py")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required.")
+  return rest, spec, overrides
+
+
+def main(argv) -> int:
+  try:
+    rest, spec, overrides = _parse_flags(argv)
+    if len(rest) > 1:
+      raise app.UsageError(f"Unexpected arguments: {rest[1:]}")
+    config = config_lib.apply_overrides(config_lib.load_config_file(spec), overrides)
+  except (config_lib.ConfigError, app.UsageError, flags.Error) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    train_and_evaluate(config, FLAGS.workdir)
+  except (config_lib.ConfigError, TrainingError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def run():
+  logging.set_verbosity(logging.WARNING)
+  sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+  run()
