@@ -41,7 +41,8 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.train = ml_collections.ConfigDict()  # {source, split, pp, ...source options}
   c.data.tokenizer = ""           # Path of a sentencepiece model; "" trains one on the train captions.
-  c.data.vocab_size = 64          # Vocabulary of a tokenizer trained here.
+  c.data.vocab_size = 96          # Vocabulary of a tokenizer trained here.
+  c.data.tokenizer_type = "bpe"   # bpe | unigram, for a tokenizer trained here.
   c.data.text_len = 16            # Tokens per text, after EOS, padded.
   c.data.workers = 0              # Grain worker processes; 0 reads in the main process.
   c.data.prefetch = 2             # Batches prefetched per worker.

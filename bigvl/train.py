@@ -57,8 +57,15 @@ def _tokenizer(config, workdir):
     raise config_lib.ConfigError(
         f"config.data.tokenizer is empty and source {config.data.train.source!r} has no captions "
         "to train one from: give a sentencepiece model path.")
-  return tok_lib.get_or_train(config.data.tokenizer, workdir,
-                              lambda: train_source.texts(), config.data.vocab_size)
+  tok = tok_lib.get_or_train(config.data.tokenizer, workdir, lambda: train_source.texts(),
+                             config.data.vocab_size, config.data.tokenizer_type)
+  if hasattr(train_source, "texts") and jax.process_index() == 0:
+    # A caption cut short can lose the very word that names its class: say so loudly.
+    frac = tok_lib.truncated_fraction(tok, train_source.texts()[:10_000], config.data.text_len)
+    if frac > 0:
+      print(f"WARNING: {frac:.1%} of training captions are longer than config.data.text_len="
+            f"{config.data.text_len} tokens ({tok.source}) and will be truncated.", flush=True)
+  return tok
 
 
 def _check(config, mesh, rules) -> None:

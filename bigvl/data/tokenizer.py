@@ -54,7 +54,7 @@ class Tokenizer:
     os.replace(tmp, path)  # Atomic: a reader never sees half a model.
 
 
-def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram") -> Tokenizer:
+def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe") -> Tokenizer:
   """Trains a sentencepiece model on `texts`; ids: pad 0, unk 1, eos 2, no bos.
 
   Single-threaded so the same texts always give the same model.
@@ -68,16 +68,25 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram") ->
   return Tokenizer(buf.getvalue(), source=f"<trained {model_type} vocab={vocab_size}>")
 
 
-def get_or_train(path: str, workdir: str | None, texts_fn, vocab_size: int) -> Tokenizer:
+def get_or_train(path: str, workdir: str | None, texts_fn, vocab_size: int,
+                 model_type: str = "bpe") -> Tokenizer:
   """`path` if given; else the cached `workdir/tokenizer.model`; else train on `texts_fn()` and cache."""
   if path:
     return Tokenizer.load(path)
   cached = os.path.join(workdir, "tokenizer.model") if workdir else None
   if cached and os.path.exists(cached):
     return Tokenizer.load(cached)
-  tok = train(texts_fn(), vocab_size)
+  tok = train(texts_fn(), vocab_size, model_type)
   if cached:
     os.makedirs(workdir, exist_ok=True)
     tok.save(cached)
     tok.source = cached
   return tok
+
+
+def truncated_fraction(tok: Tokenizer, texts: Sequence[str], length: int) -> float:
+  """Fraction of `texts` that do not fit in `length` tokens with their EOS."""
+  texts = list(texts)
+  if not texts:
+    return 0.0
+  return sum(len(ids) + 1 > length for ids in tok.sp.encode(texts)) / len(texts)

@@ -29,7 +29,7 @@ def get_config(arg=None):
                  # Upsample the 8x8 scans 2x, shift by up to 2 pixels, one random caption.
                  pp="resize(16)|random_crop(16, pad=2)|value_range(-1, 1)|choose_text|"
                     "tokenize|keep('image', 'text')"),
-      vocab_size=64,                       # Sentencepiece model trained on the train captions.
+      vocab_size=96,                       # Sentencepiece BPE trained on the train captions.
       text_len=16,
   )
 

@@ -1,0 +1,41 @@
+"""Shared test helpers."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_SIGLIP = os.path.join(REPO, "configs", "demo", "siglip_digits.py")
+DEMO_CLIP = os.path.join(REPO, "configs", "demo", "clip_digits.py")
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def run_bigvl(args, *, env=None, timeout=600, check=False):
+  """Runs `python -m bigvl.train ARGS` in a subprocess; returns the CompletedProcess."""
+  full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+  proc = subprocess.run([sys.executable, "-m", "bigvl.train", *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"bigvl.train failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+@pytest.fixture
+def demo_config():
+  """The SigLIP demo config, loaded as the CLI loads it, shrunk for fast tests."""
+  from bigvl import config_lib
+
+  def make(spec=DEMO_SIGLIP, **overrides):
+    config = config_lib.load_config_file(spec)
+    config.evals = {}
+    for k, v in overrides.items():
+      node = config
+      *parents, leaf = k.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = v
+    return config
+  return make
