@@ -132,6 +132,8 @@ def _parse_value(raw: str, current: Any, key: str) -> Any:
     value = float(value)
   if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
     value = type(current)(value)
+  if isinstance(current, ConfigDict) and isinstance(value, dict):
+    return ConfigDict(value)
   if current is not None and not isinstance(value, type(current)):
     if not (isinstance(current, (int, float)) and isinstance(value, (int, float))):
       raise ConfigError(f"--config.{key}: expected a {type(current).__name__} like {current!r}, "

@@ -57,8 +57,15 @@ def create(model: nn.Module, objective, tx: optax.GradientTransformation, batch_
 
 def abstract_like(state: TrainState, shardings) -> TrainState:
   """ShapeDtypeStructs carrying the target shardings (for checkpoint restore)."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+  def one(sharding, x):
+    if isinstance(x, nn.meta.AxisMetadata):  # A logically partitioned box around one array.
+      v = x.unbox()
+      return x.replace_boxed(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  # `shardings` is a prefix of `state`: it has a sharding where `state` has a box.
+  return jax.tree.map(one, shardings, state,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
 
 
 def param_count(params) -> int:
