@@ -1,38 +1,56 @@
-"""Orbax checkpoints of the train state (+ the resolved config), and resume.
+"""Orbax checkpoints of the train state (+ the resolved config), resume, params-only init.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
-run killed mid-save leaves the previous checkpoints as they were. The data stream needs
-no state of its own: batch s is a function of (config, s) (see data/loader.py).
+checkpoint is visible only once whole and a run killed mid-save leaves the previous ones
+as they were. The data stream needs no state of its own: batch s is a function of
+(config, s) (see data/loader.py), and the RNG is part of the train state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import sys
+import time
 
+import flax.linen as nn
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bigvl import state as state_lib
+from bigvl.optim import path_str
+
+# Test hook: SIGKILL this process while the save of this step is being written.
+FAULT_KILL_DURING_SAVE = "BIGVL_FAULT_KILL_DURING_SAVE"
 
 
 class Checkpointer:
   """Saves and restores `TrainState` under `workdir/checkpoints/<step>`."""
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  def __init__(self, workdir: str, keep: int = 3, keep_every: int = 0, async_save: bool = True):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
+                                             create=True, enable_async_checkpointing=async_save),
         item_names=("state", "config"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
   def save(self, step: int, state, config) -> None:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(json.loads(config.to_json()))))
+    if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step):
+      _kill_once_writing(self.directory, step)
 
   def restore(self, step: int, state, shardings):
     """Restores `step` into arrays with the shapes and shardings of `state`/`shardings`."""
@@ -41,8 +59,95 @@ class Checkpointer:
         state=ocp.args.StandardRestore(target)))
     return restored.state
 
+  def restore_latest(self, state, shardings):
+    """(state, step) from the newest checkpoint that reads back whole; (state, 0) if none.
+
+    An unreadable checkpoint (truncated, corrupt) is reported with its path and moved
+    aside to `workdir/corrupt_checkpoints/`, never deleted; the next older one is tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, state, shardings), step
+      except Exception as e:  # Orbax/tensorstore raise many types for damaged files.
+        path = os.path.join(self.directory, str(step))
+        aside = os.path.join(self.workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          shutil.move(path, aside)
+        print(f"WARNING: checkpoint {path} cannot be restored ({type(e).__name__}: "
+              f"{str(e).splitlines()[0][:300]}). Moved it to {aside}; trying the previous "
+              "checkpoint.", file=sys.stderr, flush=True)
+        self.manager.reload()
+    return state, 0
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _kill_once_writing(directory: str, step: int) -> None:
+  # Wait until orbax's temporary directory for `step` exists, then die without cleanup.
+  deadline = time.time() + 30
+  while time.time() < deadline:
+    if any(n.startswith(f"{step}.") or (n.startswith(str(step)) and "tmp" in n)
+           for n in os.listdir(directory)):
+      os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.001)
+
+
+def checkpoint_dir(path: str) -> tuple[str, int]:
+  """A workdir, its checkpoints dir, or one step's dir -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return os.path.dirname(path), int(os.path.basename(path))
+  steps = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint found at {path!r}: give a workdir, its "
+                            "checkpoints/ directory, or one checkpoints/<step> directory.")
+  return path, max(steps)
+
+
+def load_params(path: str) -> dict[str, np.ndarray]:
+  """Params of a checkpoint as {"/"-joined path: array}, on the host, whatever mesh saved it."""
+  directory, step = checkpoint_dir(path)
+  tree = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+  flat = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+  out = {}
+  for p, leaf in flat:
+    key = path_str(p)
+    key = key[:-len("/value")] if key.endswith("/value") else key  # A saved logical box.
+    out[key] = np.asarray(leaf)
+  return out
+
+
+def merge_params(params, loaded: dict[str, np.ndarray]):
+  """Replaces every param of `params` whose path and shape match one in `loaded`.
+
+  Returns (params, report) with report lists `loaded`, `new` (kept at init), `mismatched`
+  (same path, other shape: kept at init) and `dropped` (in the checkpoint only).
+  """
+  report = {"loaded": [], "new": [], "mismatched": [], "dropped": []}
+  seen = set()
+
+  def one(p, x):
+    key = path_str(p)
+    value = x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x
+    if key not in loaded:
+      report["new"].append(key)
+      return x
+    seen.add(key)
+    if loaded[key].shape != value.shape:
+      report["mismatched"].append(f"{key} {tuple(loaded[key].shape)} -> {tuple(value.shape)}")
+      return x
+    report["loaded"].append(key)
+    new = jax.device_put(loaded[key].astype(value.dtype), value.sharding)
+    return x.replace_boxed(new) if isinstance(x, nn.meta.AxisMetadata) else new
+
+  merged = jax.tree_util.tree_map_with_path(
+      one, params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  report["dropped"] = sorted(set(loaded) - seen)
+  return merged, report

@@ -17,6 +17,9 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.eval_every = 500          # Steps between evaluations (and always at the last step); 0: only at the end.
   c.checkpoint_every = 500    # Steps between checkpoints (and always at the last step); 0: only at the end.
   c.keep_checkpoints = 3      # Newest checkpoints kept on disk.
+  c.keep_every = 0            # Also keep every checkpoint whose step is a multiple of this; 0: none.
+  c.nonfinite = "stop"        # On a NaN/Inf loss or gradient: stop (keep the last good checkpoint) | skip (skip the update).
+  c.init_from = ""            # Params-only start: a workdir or checkpoint dir; matching params load, others stay new.
 
   c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).
   c.objective = ml_collections.ConfigDict()  # name + the objective's own options (see bigvl/objectives).

@@ -18,10 +18,16 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array          # int32 scalar: updates applied so far.
-  params: Any              # Boxed (nn.LogicallyPartitioned) param tree.
+  step: jax.Array             # int32 scalar: steps taken so far (skipped ones included).
+  params: Any                 # Boxed (nn.LogicallyPartitioned) param tree.
   opt_state: Any
-  rng: jax.Array           # Raw uint32 key; per-step keys are fold_in(rng, step).
+  rng: jax.Array              # Raw uint32 key; per-step keys are fold_in(rng, step).
+  skipped_steps: jax.Array    # int32: steps whose update was dropped for a non-finite loss/grad.
+  nonfinite_step: jax.Array   # int32: first such step, 0 if none.
+  nonfinite_metric: jax.Array  # int32: what was non-finite at nonfinite_step (see NONFINITE).
+
+
+NONFINITE = {1: "train/loss", 2: "train/grad_norm"}
 
 
 def model_inputs(objective, batch) -> tuple:
@@ -36,22 +42,34 @@ def model_inputs(objective, batch) -> tuple:
                    "init_inputs(batch) method.")
 
 
-def create(model: nn.Module, objective, tx: optax.GradientTransformation, batch_spec: dict,
-           seed: int, mesh, rules) -> tuple[TrainState, Any]:
-  """Returns (state, state_shardings). `batch_spec`: ShapeDtypeStructs of one global batch."""
+def init_fn(model: nn.Module, objective, tx: optax.GradientTransformation, batch_spec: dict):
+  """key -> TrainState; traced by `abstract` and jitted by `create`."""
   def init(key):
     params_key, dropout_key, train_key = jax.random.split(key, 3)
     dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_spec)
     params = model.init({"params": params_key, "dropout": dropout_key},
                         *model_inputs(objective, dummy), train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=train_key)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=train_key,
+                      skipped_steps=zero, nonfinite_step=zero, nonfinite_metric=zero)
+  return init
 
-  key = jax.random.PRNGKey(seed)
+
+def abstract(init, seed: int, mesh, rules):
+  """(abstract state, shardings) without allocating or compiling: catches config errors early."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init, key)
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
-    state = jax.jit(init, out_shardings=shardings)(key)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(seed))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(shapes), mesh, rules)
+  return shapes, shardings
+
+
+def create(model: nn.Module, objective, tx: optax.GradientTransformation, batch_spec: dict,
+           seed: int, mesh, rules) -> tuple[TrainState, Any]:
+  """Returns (state, state_shardings). `batch_spec`: ShapeDtypeStructs of one global batch."""
+  init = init_fn(model, objective, tx, batch_spec)
+  _, shardings = abstract(init, seed, mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
   return state, shardings
 
 

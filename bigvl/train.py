@@ -9,15 +9,13 @@ Re-running the same command on the same workdir resumes from its newest checkpoi
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
+import signal
 import sys
 import time
 
 import flax.linen as nn
 import jax
-import numpy as np
 from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -79,6 +77,69 @@ def _check(config, mesh, rules) -> None:
     raise config_lib.ConfigError(f"config.total_steps must be > 0, got {config.total_steps}.")
   if not config.data.train:
     raise config_lib.ConfigError("config.data.train is empty: set its source, split and pp.")
+  if config.nonfinite not in ("stop", "skip"):
+    raise config_lib.ConfigError(f"config.nonfinite={config.nonfinite!r}; valid: stop, skip.")
+
+
+class _Preemption:
+  """Turns SIGTERM (a preemption notice) into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _build(config, workdir):
+  """Everything the loop needs from the config, before anything is compiled.
+
+  Any error here is a config error: it is raised as ConfigError with the original message.
+  """
+  try:
+    mesh = sh.make_mesh(config.sharding.mesh)
+    rules = sh.get_rules(config.sharding.rules)
+    _check(config, mesh, rules)
+    tokenizer = _tokenizer(config, workdir)
+    if tokenizer is not None:
+      with config.unlocked():
+        _fill_vocab_size(config.model, tokenizer.vocab_size)
+    model = models.build(config.model)
+    objective = objectives.build(config.objective)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+    context = dict(tokenizer=tokenizer, text_len=config.data.text_len)
+    train_ds = loader.train_dataset(config.data.train, batch_size=config.batch_size,
+                                    seed=config.seed, context=context,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    local = train_ds[0]
+    batch_spec = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
+                  for k, v in local.items()}
+    init = state_lib.init_fn(model, objective, tx, batch_spec)
+    state_lib.abstract(init, config.seed, mesh, rules)  # Traces the model: shape errors now.
+    ctx = eval_lib.EvalContext(model=model, tokenizer=tokenizer, text_len=config.data.text_len,
+                               mesh=mesh, rules=rules, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    evals = {name: (eval_lib.build(name, cfg, ctx), int(cfg.get("every", config.eval_every)))
+             for name, cfg in config.evals.items()}
+  except config_lib.ConfigError:
+    raise
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    raise config_lib.ConfigError(f"{type(e).__name__}: {e}") from e
+  return dict(mesh=mesh, rules=rules, model=model, objective=objective, tx=tx,
+              schedule=schedule, context=context, batch_spec=batch_spec, evals=evals)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -86,63 +147,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config = config_lib.with_defaults(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  mesh = sh.make_mesh(config.sharding.mesh)
-  rules = sh.get_rules(config.sharding.rules)
-  _check(config, mesh, rules)
-
-  tokenizer = _tokenizer(config, workdir)
-  if tokenizer is not None:
-    with config.unlocked():
-      _fill_vocab_size(config.model, tokenizer.vocab_size)
+  b = _build(config, workdir)
+  mesh, rules, evals = b["mesh"], b["rules"], b["evals"]
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-
-  model = models.build(config.model)
-  objective = objectives.build(config.objective)
-  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  context = dict(tokenizer=tokenizer, text_len=config.data.text_len)
-
-  train_ds = loader.train_dataset(config.data.train, batch_size=config.batch_size,
-                                  seed=config.seed, context=context,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-  local = train_ds[0]
-  batch_spec = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
-                for k, v in local.items()}
   batch_shardings = {k: sh.batch_sharding(mesh, rules, len(v.shape))
-                     for k, v in batch_spec.items()}
+                     for k, v in b["batch_spec"].items()}
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state, state_shardings = state_lib.create(model, objective, tx, batch_spec, config.seed,
-                                              mesh, rules)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-    start_step = ckpt.latest_step() or 0
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as preemption:
+    state, state_shardings = state_lib.create(b["model"], b["objective"], b["tx"],
+                                              b["batch_spec"], config.seed, mesh, rules)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                 keep_every=config.keep_every)
+    state, start_step = ckpt.restore_latest(state, state_shardings)
     if start_step:
-      state = ckpt.restore(start_step, state, state_shardings)
       print(f"Resumed from checkpoint step {start_step} in {ckpt.directory}", flush=True)
+    elif config.init_from:
+      params, report = ckpt_lib.merge_params(state.params, ckpt_lib.load_params(config.init_from))
+      state = state.replace(params=params)
+      _print_init_report(config.init_from, report, is_main)
     if is_main:
       print(f"bigvl: {jax.device_count()} devices in {jax.process_count()} process(es), "
             f"mesh {dict(mesh.shape)}, {state_lib.param_count(state.params):,} params, "
             f"workdir {workdir}", flush=True)
 
     step_fn = jax.jit(
-        functools.partial(step_lib.train_step, model=model, objective=objective, tx=tx,
-                          schedule=schedule),
+        functools.partial(step_lib.train_step, model=b["model"], objective=b["objective"],
+                          tx=b["tx"], schedule=b["schedule"]),
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, NamedSharding(mesh, P())),
         donate_argnums=(0,))
 
-    ctx = eval_lib.EvalContext(model=model, tokenizer=tokenizer, text_len=config.data.text_len,
-                               mesh=mesh, rules=rules, process_index=jax.process_index(),
-                               process_count=jax.process_count())
-    evals = {name: (eval_lib.build(name, cfg, ctx), int(cfg.get("every", config.eval_every)))
-             for name, cfg in config.evals.items()}
-
     writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
     progress = metrics_lib.Progress(config.total_steps, start_step, enabled=is_main)
     it = loader.train_iterator(config.data.train, batch_size=config.batch_size, seed=config.seed,
-                               start_step=start_step, context=context,
+                               start_step=start_step, context=b["context"],
                                workers=config.data.workers, prefetch=config.data.prefetch,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
@@ -152,13 +192,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         batch = sh.to_global_batch(next(it), mesh, rules)
         state, m = step_fn(state, batch)
         is_last = step == config.total_steps
-        do_ckpt = is_last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+        do_ckpt = is_last or preemption.requested or (
+            config.checkpoint_every and step % config.checkpoint_every == 0)
         do_eval = {n for n, (_, every) in evals.items()
                    if is_last or (every and step % every == 0)}
         if do_ckpt or do_eval or step % config.log_every == 0:
           m = {k: float(v) for k, v in jax.device_get(m).items()}
+          if config.nonfinite == "stop" and m["_nonfinite_step"]:
+            _stop_nonfinite(int(m["_nonfinite_step"]), int(m["_nonfinite_metric"]), ckpt)
+          m = {k: v for k, v in m.items() if not k.startswith("_")}
           m["train/steps_per_sec"] = progress.rate(step)
-          _check_finite(step, m, ckpt)
           writer.write(step, m)
           progress.line(step, m)
           last.update(m)
@@ -175,20 +218,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
           progress.rate(step)  # Evaluation time is not training speed.
         if do_ckpt:
           ckpt.save(step, state, config)
+        if preemption.requested:
+          ckpt.wait()
+          print(f"SIGTERM: saved checkpoint at step {step} in {ckpt.directory}; exiting. Run the "
+                "same command again to resume.", flush=True)
+          break
     finally:
       ckpt.wait()
       ckpt.close()
   return last
 
 
-def _check_finite(step: int, m: dict, ckpt) -> None:
-  bad = [k for k, v in m.items() if not math.isfinite(v)]
-  if bad:
-    ckpt.wait()
-    raise TrainingError(
-        f"Non-finite {bad[0]} = {m[bad[0]]} at step {step}. No checkpoint was written at or "
-        f"after this step; the last good one is step {ckpt.latest_step()} in {ckpt.directory}. "
-        "Lower config.optimizer.lr or check the data.")
+def _print_init_report(path, report, is_main):
+  if not is_main:
+    return
+  print(f"Initialised params from {path}: {len(report['loaded'])} loaded, "
+        f"{len(report['new'])} new, {len(report['mismatched'])} shape-mismatched (kept new), "
+        f"{len(report['dropped'])} dropped.", flush=True)
+  for kind in ("new", "mismatched", "dropped"):
+    for key in report[kind]:
+      print(f"  {kind}: {key}", flush=True)
+
+
+def _stop_nonfinite(step: int, metric_code: int, ckpt) -> None:
+  ckpt.wait()
+  metric = state_lib.NONFINITE.get(metric_code, "train/loss")
+  raise TrainingError(
+      f"Non-finite {metric} at step {step} (config.nonfinite='stop'). Nothing was saved at or "
+      f"after that step; the last good checkpoint is step {ckpt.latest_step()} in "
+      f"{ckpt.directory}. Check the data and lower config.optimizer.lr, or set "
+      "config.nonfinite='skip' to drop such updates.")
 
 
 def _parse_flags(argv):
