@@ -19,6 +19,8 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3      # Newest checkpoints kept on disk.
   c.keep_every = 0            # Also keep every checkpoint whose step is a multiple of this; 0: none.
   c.nonfinite = "stop"        # On a NaN/Inf loss or gradient: stop (keep the last good checkpoint) | skip (skip the update).
+  c.grad_accum_steps = 1      # Micro-batches per step (batch_size / this each); grads are averaged.
+  c.peak_tflops = 0.0         # Peak TFLOP/s of one device for train/mfu; 0: from a table by device kind.
   c.init_from = ""            # Params-only start: a workdir or checkpoint dir; matching params load, others stay new.
 
   c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).

@@ -69,5 +69,9 @@ class Progress:
       if k in metrics:
         parts.append(f"{k.split('/')[-1]} {float(metrics[k]):.4g}")
     parts.append(f"{sps:.2f} steps/s")
+    if "train/examples_per_sec" in metrics:
+      parts.append(f"{metrics['train/examples_per_sec']:.0f} ex/s")
+    if "train/mfu" in metrics:
+      parts.append(f"MFU {metrics['train/mfu']:.1%}")
     parts.append(f"ETA {format_duration(eta) if math.isfinite(eta) else '?'}")
     print(" | ".join(parts), file=self.stream, flush=True)

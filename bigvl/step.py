@@ -9,7 +9,32 @@ import optax
 from bigvl.state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule):
+def _value_and_grad(loss_fn, params, batch, accum_steps: int):
+  """(loss, aux), grads of `loss_fn(params, batch)`, averaged over `accum_steps` micro-batches.
+
+  Micro-batch i holds rows i, i+k, i+2k, ... so that each is spread over every data shard
+  and needs no resharding. For a loss that is a mean over examples this is exactly the
+  gradient of the whole batch; a contrastive loss sees only its micro-batch's negatives.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    return grad_fn(params, batch)
+  micro = jax.tree.map(
+      lambda x: x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1),
+      batch)
+
+  def body(carry, mb):
+    (loss, aux), grads = grad_fn(params, mb)
+    return jax.tree.map(jnp.add, carry, ((loss, aux), grads)), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  rest = jax.tree.map(lambda x: x[1:], micro)
+  total, _ = jax.lax.scan(body, grad_fn(params, first), rest)
+  return jax.tree.map(lambda x: x / accum_steps, total)
+
+
+def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule,
+               grad_accum_steps: int = 1):
   """Returns (new_state, metrics) with metrics scalars named `train/...`.
 
   A step whose loss or gradient is not finite changes neither params nor optimizer
@@ -18,10 +43,10 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
-  def loss_fn(params):
-    return objective(model, params, batch, rng, train=True)
+  def loss_fn(params, b):
+    return objective(model, params, b, rng, train=True)
 
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, aux), grads = _value_and_grad(loss_fn, state.params, batch, grad_accum_steps)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import checkpoint as ckpt_lib
+from bigvl import mfu as mfu_lib
 from bigvl import config_lib, metrics as metrics_lib, models, objectives, optim
 from bigvl import sharding as sh
 from bigvl import state as state_lib
@@ -29,6 +30,17 @@ from bigvl.data import loader, sources, tokenizer as tok_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and the tokenizer.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for a multi-process run started by hand (GPU "
+                    "clusters, tests); with --num_processes and --process_id.")
+flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with the cluster's auto-detection "
+                  "(TPU pods, SLURM, Open MPI): every host runs the same command.")
+flags.DEFINE_integer("heartbeat_timeout_s", 30,
+                     "A process that has not been heard from for this long is taken as dead, "
+                     "and the others exit with an error instead of hanging.")
 
 
 class TrainingError(RuntimeError):
@@ -73,6 +85,12 @@ def _check(config, mesh, rules) -> None:
     raise config_lib.ConfigError(
         f"config.batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
         f"(mesh {dict(mesh.shape)}); use a multiple of {dp}.")
+  k = config.grad_accum_steps
+  if k < 1 or config.batch_size % (k * dp):
+    raise config_lib.ConfigError(
+        f"config.batch_size={config.batch_size} must split into config.grad_accum_steps={k} "
+        f"micro-batches that each divide over the data-parallel size {dp}: use a multiple of "
+        f"{k * dp}.")
   if config.total_steps <= 0:
     raise config_lib.ConfigError(f"config.total_steps must be > 0, got {config.total_steps}.")
   if not config.data.train:
@@ -152,8 +170,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  batch_shardings = {k: sh.batch_sharding(mesh, rules, len(v.shape))
-                     for k, v in b["batch_spec"].items()}
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as preemption:
     state, state_shardings = state_lib.create(b["model"], b["objective"], b["tx"],
@@ -172,12 +188,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"mesh {dict(mesh.shape)}, {state_lib.param_count(state.params):,} params, "
             f"workdir {workdir}", flush=True)
 
-    step_fn = jax.jit(
-        functools.partial(step_lib.train_step, model=b["model"], objective=b["objective"],
-                          tx=b["tx"], schedule=b["schedule"]),
-        in_shardings=(state_shardings, batch_shardings),
-        out_shardings=(state_shardings, NamedSharding(mesh, P())),
-        donate_argnums=(0,))
+    step_fn, flops = compile_step(config, b, state, state_shardings)
+    peak = mfu_lib.peak_tflops(config.peak_tflops)
 
     writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
     progress = metrics_lib.Progress(config.total_steps, start_step, enabled=is_main)
@@ -201,7 +213,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if config.nonfinite == "stop" and m["_nonfinite_step"]:
             _stop_nonfinite(int(m["_nonfinite_step"]), int(m["_nonfinite_metric"]), ckpt)
           m = {k: v for k, v in m.items() if not k.startswith("_")}
-          m["train/steps_per_sec"] = progress.rate(step)
+          m["train/steps_per_sec"] = sps = progress.rate(step)
+          m["train/examples_per_sec"] = sps * config.batch_size
+          if flops:
+            m["train/tflops_per_device"] = sps * flops / 1e12
+            if peak:
+              m["train/mfu"] = m["train/tflops_per_device"] / peak
           writer.write(step, m)
           progress.line(step, m)
           last.update(m)
@@ -227,6 +244,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ckpt.wait()
       ckpt.close()
   return last
+
+
+def compile_step(config, b, state, state_shardings):
+  """(compiled train step, its FLOPs per device or None).
+
+  Compiled ahead of time so that XLA's cost analysis of the very program that runs gives
+  the model FLOPs for MFU; the state's buffers are donated.
+  """
+  batch_shardings = {k: sh.batch_sharding(b["mesh"], b["rules"], len(v.shape))
+                     for k, v in b["batch_spec"].items()}
+  step_fn = jax.jit(
+      functools.partial(step_lib.train_step, model=b["model"], objective=b["objective"],
+                        tx=b["tx"], schedule=b["schedule"],
+                        grad_accum_steps=config.grad_accum_steps),
+      in_shardings=(state_shardings, batch_shardings),
+      out_shardings=(state_shardings, NamedSharding(b["mesh"], P())),
+      donate_argnums=(0,))
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
+           for k, v in b["batch_spec"].items()}
+  compiled = step_fn.lower(state, batch).compile()
+  return compiled, mfu_lib.compiled_flops(compiled)
 
 
 def _print_init_report(path, report, is_main):
@@ -260,6 +298,22 @@ def _parse_flags(argv):
   return rest, spec, overrides
 
 
+def init_distributed() -> None:
+  """Joins the multi-process run described by the flags, if any."""
+  if not (FLAGS.coordinator_address or FLAGS.distributed):
+    return
+  # CPU processes need a collectives backend to talk to each other; other backends ignore it.
+  # (Asking which backend this is would start it, and initialize() must come first.)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = dict(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
+  if FLAGS.coordinator_address:
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+    kwargs.update(coordinator_address=FLAGS.coordinator_address,
+                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  jax.distributed.initialize(**kwargs)
+
+
 def main(argv) -> int:
   try:
     rest, spec, overrides = _parse_flags(argv)
@@ -269,6 +323,7 @@ def main(argv) -> int:
   except (config_lib.ConfigError, app.UsageError, flags.Error) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  init_distributed()
   try:
     train_and_evaluate(config, FLAGS.workdir)
   except (config_lib.ConfigError, TrainingError) as e:

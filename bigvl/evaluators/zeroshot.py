@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import sharding as sh
 from bigvl.data import loader, sources, transforms
@@ -62,8 +62,10 @@ class ZeroShot:
     tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
     embs = []
     for i in range(0, len(tokens), self.batch_size):
-      embs.append(np.asarray(jax.device_get(
-          self._embed_text(params, jnp.asarray(tokens[i:i + self.batch_size])))))
+      # Every process holds all prompts: a replicated global array.
+      chunk = jax.make_array_from_process_local_data(
+          NamedSharding(self.ctx.mesh, P()), tokens[i:i + self.batch_size])
+      embs.append(sh.to_host(self._embed_text(params, chunk)))
     emb = np.concatenate(embs)[:n]
     return emb.reshape(len(self.class_names), len(self.templates), -1)
 
