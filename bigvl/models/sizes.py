@@ -1,4 +1,8 @@
-"""Standard transformer sizes (ViT paper, "Scaling ViT", SoViT) and the `"B/16"` variant syntax."""
+"""Standard transformer sizes (ViT paper, "Scaling ViT", SoViT) and the `"B/16"` variant syntax.
+
+The same table sizes the text towers (CLIP's B/16 text tower is "M", SigLIP So400m's is "So400m").
+tests/test_model_sizes.py checks every row against timm's and open_clip's definitions.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ def parse_variant(variant: str | None) -> dict[str, int]:
   width, depth, mlp_dim, heads = SIZES[size]
   out = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
   if patch:
+    if not patch.isdigit() or int(patch) < 1:
+      raise ValueError(f"Bad patch size {patch!r} in variant {variant!r}; expected e.g. 'B/16'.")
     out["patch_size"] = int(patch)
   return out
 

@@ -15,7 +15,9 @@ class TextTransformer(nn.Module):
   """tokens (b, l) int -> (out, extras).
 
   pool: `last` (SigLIP: the last position), `eos` (CLIP: first position holding `eos_id`),
-  `first`, `gap` (mean over non-pad tokens), `map`, `none` (all tokens).
+  `argmax` (the position of the highest token id: open_clip's default, and HF CLIP configs with
+  eos_token_id == 2, since CLIP's EOS is the last id of its vocabulary), `first`, `gap` (mean
+  over non-pad tokens), `map`, `none` (all tokens).
   extras: `tokens` (b, l, width) after the encoder, `pre_logits`.
   """
   vocab_size: int | None = None
@@ -74,6 +76,8 @@ class TextTransformer(nn.Module):
       is_eos = tokens == self.eos_id
       idx = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), l - 1)
       pooled = x[jnp.arange(b), idx]
+    elif self.pool == "argmax":
+      pooled = x[jnp.arange(b), jnp.argmax(tokens, axis=1)]
     elif self.pool == "gap":
       keep = (tokens != self.pad_id)[..., None].astype(x.dtype)
       pooled = (x * keep).sum(1) / jnp.maximum(keep.sum(1), 1)
@@ -84,7 +88,8 @@ class TextTransformer(nn.Module):
     elif self.pool == "none":
       pooled = x
     else:
-      raise ValueError(f"Unknown pool {self.pool!r}; valid: last, first, eos, gap, map, none.")
+      raise ValueError(f"Unknown pool {self.pool!r}; valid: last, first, eos, argmax, gap, map, "
+                       "none.")
     extras["pre_logits"] = pooled
     if self.num_classes:
       out = nn.Dense(self.num_classes, use_bias=self.head_bias, dtype=self.dtype, name="head",

@@ -19,11 +19,27 @@ def _l2_normalize(x, eps=1e-12):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
+def logits(zimg: jnp.ndarray, ztxt: jnp.ndarray, extras: dict) -> jnp.ndarray:
+  """Image-text logits `t * zimg @ ztxt.T (+ b)`, as HF/open_clip's `logits_per_image`.
+
+  Args:
+    zimg: (n_images, d) and ztxt: (n_texts, d) normalised embeddings from `TwoTowers`.
+    extras: its third output (`t`, and `b` for SigLIP).
+  Returns:
+    (n_images, n_texts) float32.
+  """
+  out = extras["t"] * jnp.einsum("id,jd->ij", zimg, ztxt, preferred_element_type=jnp.float32)
+  return out + extras["b"] if "b" in extras else out
+
+
 class TwoTowers(nn.Module):
   """(image (b,h,w,c) | None, text (b,l) | None) -> (zimg, ztxt, extras).
 
   zimg/ztxt are L2-normalised (b, embed_dim) embeddings (None for a missing input).
   extras: `t` (temperature, exp of the learned log), `b` (bias, or absent), `img/...`, `txt/...`.
+
+  CLIP: `embed_dim` set, projections without bias. SigLIP: `embed_dim=None`; the image tower
+  pools with its MAP head, the text tower ends in its own biased head (`text.num_classes`).
   """
   image: dict | None = None          # ViT options.
   text: dict | None = None           # TextTransformer options.

@@ -1,0 +1,17 @@
+"""Checkpoint conversion: HF transformers (CLIP, SigLIP, ViT) and open_clip <-> bigvl.
+
+    from bigvl.convert import from_hf, load_converted
+    from_hf("hf/clip-vit-base-patch32", "converted/clip-b32")
+    model, params = load_converted("converted/clip-b32")
+
+The CLI is tools/convert_checkpoint.py; docs/convert.md shows zero-shot classification.
+One module per format (hf_clip, hf_siglip, hf_vit, open_clip) lists its tensors' names and
+layouts; common.py applies them; bigvl_io.py owns the output directory.
+"""
+
+from bigvl.convert.api import from_hf, from_open_clip, to_hf, to_hf_state
+from bigvl.convert.bigvl_io import abstract_params, load_converted, load_meta, preprocess
+from bigvl.convert.common import ConversionError
+
+__all__ = ["from_hf", "from_open_clip", "to_hf", "to_hf_state", "abstract_params",
+           "load_converted", "load_meta", "preprocess", "ConversionError"]

@@ -1,0 +1,183 @@
+"""Whole conversions, directory to directory: HF / open_clip -> bigvl, and bigvl -> HF.
+
+Each reads everything, converts and checks in memory, and only then writes its output
+through `bigvl_io.atomic_dir`: a failed conversion leaves no output directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from bigvl.convert import bigvl_io, common, hf_clip, hf_siglip, hf_vit, torch_io
+from bigvl.convert import open_clip as open_clip_format
+
+Progress = Callable[[str], None]
+
+# HF config.json `model_type` -> family module.
+HF_FAMILIES = {hf_clip.MODEL_TYPE: hf_clip, hf_siglip.MODEL_TYPE: hf_siglip,
+               hf_vit.MODEL_TYPE: hf_vit}
+# Families bigvl can write back to HF.
+EXPORT_FAMILIES = {"clip": hf_clip, "siglip": hf_siglip}
+
+
+def _convert(family, state: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any],
+             meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  expected = bigvl_io.abstract_params(model_cfg, meta)
+  return common.apply_rules(state, family.rules(model_cfg), expected, source=family.SOURCE,
+                            ignore=family.IGNORE, hint=family.HINT)
+
+
+def read_hf_config(hf_dir: str):
+  """(family module, transformers config) of a HF model directory."""
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{hf_dir} has no config.json; give the directory `save_pretrained` "
+                            "wrote.")
+  with open(path) as f:
+    model_type = json.load(f).get("model_type")
+  if model_type not in HF_FAMILIES:
+    raise common.ConversionError(f"{path}: model_type {model_type!r} is not convertible; "
+                                 f"bigvl converts {', '.join(sorted(HF_FAMILIES))}.")
+  import transformers
+  cls = {"clip": transformers.CLIPConfig, "siglip": transformers.SiglipConfig,
+         "vit": transformers.ViTConfig}[model_type]
+  return HF_FAMILIES[model_type], cls.from_pretrained(hf_dir)
+
+
+def _image_meta(hf_dir: str) -> dict:
+  """Normalisation from preprocessor_config.json, when the directory has one."""
+  path = os.path.join(hf_dir, "preprocessor_config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    pp = json.load(f)
+  return {k: list(pp[k]) for k in ("image_mean", "image_std") if k in pp}
+
+
+def from_hf(hf_dir: str, out_dir: str, *, model_config: Mapping[str, Any] | None = None,
+            progress: Progress = print) -> str:
+  """Converts a HF CLIPModel / SiglipModel / ViTModel directory into a bigvl checkpoint.
+
+  Args:
+    hf_dir: what `save_pretrained` wrote: config.json and model.safetensors (or
+      pytorch_model.bin, or their sharded index).
+    out_dir: the bigvl checkpoint to create (must not exist).
+    model_config: the bigvl model config to convert into; default: derived from config.json.
+  Returns:
+    The absolute path of `out_dir`.
+  Raises:
+    ConversionError naming the first tensor that does not fit the model config.
+  """
+  bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  family, hf_cfg = read_hf_config(hf_dir)
+  weights = torch_io.find_hf_weights(hf_dir)
+  progress(f"reading {weights}")
+  state = family.normalize(torch_io.read_state_dict(weights))
+  cfg, meta = family.model_config(hf_cfg, {k: tuple(v.shape) for k, v in state.items()})
+  meta.update(_image_meta(hf_dir), source=os.path.abspath(hf_dir), format=family.NAME)
+  if model_config is not None:
+    cfg = dict(model_config)
+  progress(f"converting {len(state)} {family.NAME} tensors into a bigvl {cfg['name']} model")
+  params = _convert(family, state, cfg, meta)
+  return bigvl_io.save_converted(out_dir, cfg, params, meta, progress)
+
+
+def from_open_clip(checkpoint: str, out_dir: str, *, model_name: str | None = None,
+                   open_clip_config: str | Mapping[str, Any] | None = None,
+                   model_config: Mapping[str, Any] | None = None,
+                   progress: Progress = print) -> str:
+  """Converts an open_clip state dict (.bin / .pt / .safetensors) into a bigvl checkpoint.
+
+  Args:
+    checkpoint: the state dict file (e.g. open_clip_pytorch_model.bin, or a training
+      checkpoint with a "state_dict" entry).
+    out_dir: the bigvl checkpoint to create (must not exist).
+    model_name: open_clip's model name, e.g. "ViT-B-32" (its JSON config is looked up in the
+      installed open_clip); or
+    open_clip_config: that JSON config, as a path or a dict.
+    model_config: the bigvl model config to convert into; default: derived from the above.
+  Returns:
+    The absolute path of `out_dir`.
+  """
+  bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  if (model_name is None) == (open_clip_config is None):
+    raise ValueError("Give exactly one of model_name (e.g. 'ViT-B-32') and open_clip_config.")
+  if model_name is not None:
+    oc = open_clip_format.find_model_config(model_name)
+  elif isinstance(open_clip_config, str):
+    with open(open_clip_config) as f:
+      oc = json.load(f)
+  else:
+    oc = dict(open_clip_config)
+  progress(f"reading {checkpoint}")
+  state = open_clip_format.normalize(torch_io.read_state_dict(checkpoint))
+  cfg, meta = open_clip_format.model_config(oc)
+  meta.update(source=os.path.abspath(checkpoint), format=open_clip_format.NAME,
+              open_clip_model=model_name)
+  if model_config is not None:
+    cfg = dict(model_config)
+  progress(f"converting {len(state)} open_clip tensors into a bigvl {cfg['name']} model")
+  params = _convert(open_clip_format, state, cfg, meta)
+  return bigvl_io.save_converted(out_dir, cfg, params, meta, progress)
+
+
+def _export_family(model_cfg: Mapping[str, Any], family: str | None):
+  if family is None:  # SigLIP pools images with a MAP head; CLIP with its class token.
+    family = "siglip" if (model_cfg.get("image") or {}).get("pool") == "map" else "clip"
+  if family not in EXPORT_FAMILIES:
+    raise ValueError(f"Cannot export to HF family {family!r}; valid: "
+                     f"{', '.join(sorted(EXPORT_FAMILIES))}.")
+  return EXPORT_FAMILIES[family]
+
+
+def to_hf_state(model_cfg: Mapping[str, Any], meta: Mapping[str, Any],
+                params: Mapping[str, Any], family: str | None = None):
+  """(transformers config, HF state dict of NumPy arrays) of a bigvl two-tower model.
+
+  Raises:
+    ConversionError naming the first model option the HF class cannot express.
+  """
+  fam = _export_family(model_cfg, family)
+  hf_cfg = fam.hf_config(model_cfg, meta)
+  # The HF model must compute the same function: its config, read back, must equal ours.
+  diff = common.first_difference(common.canonical_config(model_cfg),
+                                 common.canonical_config(fam.model_config(hf_cfg)[0]))
+  if diff:
+    key, ours, theirs = diff
+    raise common.ConversionError(f"{fam.NAME} cannot express model option {key}={ours!r} (it "
+                                 f"would be {theirs!r}); export a model that has it, or choose "
+                                 "another family.")
+  flat = {k: np.asarray(v) for k, v in common.flatten(params).items()}
+  state = fam.denormalize(common.invert_rules(flat, fam.rules(model_cfg), target=fam.NAME))
+  return hf_cfg, state
+
+
+def to_hf(bigvl_dir: str, out_dir: str, *, family: str | None = None,
+          progress: Progress = print) -> str:
+  """Writes a converted (or trained) bigvl two-tower checkpoint as a HF model directory.
+
+  `CLIPModel.from_pretrained(out_dir)` / `SiglipModel.from_pretrained(out_dir)` load it.
+
+  Args:
+    bigvl_dir: a directory `load_converted` reads.
+    out_dir: the HF directory to create (must not exist).
+    family: "clip" or "siglip"; default: siglip when images are pooled by a MAP head.
+  Returns:
+    The absolute path of `out_dir`.
+  """
+  bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  progress(f"reading {bigvl_dir}")
+  _, params = bigvl_io.load_converted(bigvl_dir)
+  with open(os.path.join(bigvl_dir, bigvl_io.CONFIG_FILE)) as f:
+    model_cfg = json.load(f)
+  meta = bigvl_io.load_meta(bigvl_dir)
+  hf_cfg, state = to_hf_state(model_cfg, meta, params, family)
+  with bigvl_io.atomic_dir(out_dir) as tmp:
+    hf_cfg.save_pretrained(tmp)
+    torch_io.write_safetensors(os.path.join(tmp, "model.safetensors"), state, progress)
+  progress(f"wrote {os.path.abspath(out_dir)}")
+  return os.path.abspath(out_dir)
