@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
+from bigvl import sharding
 from bigvl.kernels.contrastive_loss import IMPLS as LOSS_IMPLS
 from bigvl.kernels.contrastive_loss import sigmoid_loss, softmax_loss
-from bigvl.objectives import OBJECTIVES
+from bigvl.objectives import OBJECTIVES, chunked
 
 __all__ = ["Clip", "Siglip", "sigmoid_loss", "softmax_loss"]
 
@@ -47,6 +50,9 @@ class Clip:
 class Siglip:
   """SigLIP sigmoid loss. Batch: `image` (b,h,w,c), `text` (b,l). The model must have a bias."""
   loss_impl: str = "xla"   # "xla": dense logits | "pallas": blockwise kernel, no (b, b) buffer.
+  # True: across devices, the ring of text chunks of the SigLIP paper (no device holds the
+  # (b, b) logits; bigvl.objectives.chunked). Same loss; dense on one device.
+  chunked: bool = False
 
   def __post_init__(self):
     _check_impl(self.loss_impl)
@@ -56,5 +62,12 @@ class Siglip:
     if "b" not in extras:
       raise ValueError("The siglip objective needs a model with a learned bias: "
                        "set config.model.bias_init (SigLIP uses -10).")
-    loss = sigmoid_loss(zimg, ztxt, extras["t"], extras["b"], impl=self.loss_impl)
+    axes = sharding.current_batch_axes() if self.chunked else ()
+    if axes:
+      # The abstract mesh of the jit trace: shard_map takes it as is, no concrete devices.
+      loss = chunked.chunked_sigmoid_loss(zimg, ztxt, extras["t"], extras["b"],
+                                          mesh=jax.sharding.get_abstract_mesh(),
+                                          batch_axes=axes, impl=self.loss_impl)
+    else:   # Not chunked, or nothing to chunk over (one device, or no mesh).
+      loss = sigmoid_loss(zimg, ztxt, extras["t"], extras["b"], impl=self.loss_impl)
     return loss, {"t": extras["t"], "b": extras["b"]}

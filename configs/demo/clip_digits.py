@@ -15,5 +15,5 @@ def get_config(arg=None):
   # CLIP's text tower: causal mask, pooled at the EOS token.
   c.model.text.causal = True
   c.model.text.pool = "eos"
-  c.objective.name = "clip"
+  c.objective = dict(name="clip", loss_impl="xla")  # loss_impl: xla | pallas.
   return c

@@ -11,7 +11,8 @@ import ml_collections
 
 
 def tiny_tower(**kw):
-  return dict(width=64, depth=2, mlp_dim=256, num_heads=4, **kw)
+  # attention_impl: xla | cudnn (GPU) | pallas (flash attention; interpreted on CPU).
+  return dict(width=64, depth=2, mlp_dim=256, num_heads=4, attention_impl="xla", **kw)
 
 
 def get_config(arg=None):
@@ -41,7 +42,11 @@ def get_config(arg=None):
       temperature_init=10.0,               # SigLIP's t' = log 10.
       bias_init=-10.0,                     # SigLIP's b.
   )
-  c.objective = dict(name="siglip")
+  c.objective = dict(
+      name="siglip",
+      loss_impl="xla",                     # xla | pallas (blockwise, no B x B logits).
+      chunked=False,                       # Ring over devices: no device holds B x B logits.
+  )
 
   c.optimizer = dict(lr=1e-3, warmup_steps=100, weight_decay=1e-4, schedule="cosine")
 
