@@ -17,4 +17,22 @@ def build(model_cfg) -> "nn.Module":
   if "name" not in cfg:
     raise ValueError("config.model.name is not set; valid: " + ", ".join(MODELS.names()))
   name = cfg.pop("name")
+  cfg = _resolve_dtypes(cfg)
   return MODELS.build(name, **cfg)
+
+
+def _resolve_dtypes(cfg):
+  """`dtype: "bfloat16"` anywhere in a model config -> the jnp dtype (compute dtype; params
+  stay float32)."""
+  import jax.numpy as jnp
+  out = {}
+  for k, v in cfg.items():
+    if isinstance(v, dict):
+      v = _resolve_dtypes(v)
+    elif k == "dtype" and isinstance(v, str):
+      try:
+        v = jnp.dtype(v)
+      except TypeError as e:
+        raise ValueError(f"Unknown model dtype {v!r}; use float32 or bfloat16.") from e
+    out[k] = v
+  return out

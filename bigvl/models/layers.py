@@ -146,7 +146,8 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, mask=None, causal: bool = False, train: bool = False):
+  def __call__(self, x, mask=None, causal: bool = False, train: bool = False):
+    # Positional (not keyword-only) so that nn.remat can mark causal/train static.
     x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     y = layer_norm(self.ln_eps, "ln1", self.dtype)(x)
     y = Attention(self.num_heads, impl=self.attention_impl, dtype=self.dtype, name="attn")(
@@ -155,6 +156,23 @@ class EncoderBlock(nn.Module):
     y = layer_norm(self.ln_eps, "ln2", self.dtype)(x)
     y = MlpBlock(self.mlp_dim, self.act, self.dropout, self.dtype, name="mlp")(y, train=train)
     return x + nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+REMAT_POLICIES = {
+    "full": None,  # Save only the block's input; recompute everything else.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # Keep matmul outputs.
+}
+
+
+def remat_block(policy: str):
+  """EncoderBlock, rematerialised under `policy` (none | full | dots_saveable)."""
+  if policy == "none":
+    return EncoderBlock
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat policy {policy!r}; valid: none, "
+                     f"{', '.join(REMAT_POLICIES)}.")
+  # Arguments: self=0, x=1, mask=2, causal=3, train=4.
+  return nn.remat(EncoderBlock, policy=REMAT_POLICIES[policy], static_argnums=(3, 4))
 
 
 class Encoder(nn.Module):
@@ -168,13 +186,14 @@ class Encoder(nn.Module):
   final_norm: bool = True
   attention_impl: str = "xla"
   dtype: Dtype = jnp.float32
+  remat: str = "none"           # none | full | dots_saveable: what each block keeps for backward.
 
   @nn.compact
   def __call__(self, x, *, mask=None, causal: bool = False, train: bool = False):
+    block = remat_block(self.remat)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.act, self.ln_eps, self.dropout,
-                       self.attention_impl, self.dtype, name=f"block{i}")(
-                           x, mask=mask, causal=causal, train=train)
+      x = block(self.num_heads, self.mlp_dim, self.act, self.ln_eps, self.dropout,
+                self.attention_impl, self.dtype, name=f"block{i}")(x, mask, causal, train)
     if self.final_norm:
       x = layer_norm(self.ln_eps, "encoder_norm", self.dtype)(x)
     return x

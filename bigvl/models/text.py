@@ -38,6 +38,7 @@ class TextTransformer(nn.Module):
   num_classes: int | None = None
   head_bias: bool = True
   attention_impl: str = "xla"
+  remat: str = "none"                # none | full | dots_saveable (per block).
   dtype: Any = jnp.float32
 
   def dims(self) -> dict[str, int]:
@@ -64,7 +65,8 @@ class TextTransformer(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     mask = (tokens != self.pad_id) if self.mask_pad else None
     x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
-                       self.dropout, True, self.attention_impl, self.dtype, name="encoder")(
+                       self.dropout, True, self.attention_impl, self.dtype, self.remat,
+                       name="encoder")(
                            x, mask=mask, causal=self.causal, train=train)
     extras = {"tokens": x}
     if self.pool == "last":

@@ -12,7 +12,9 @@ import ml_collections
 
 def tiny_tower(**kw):
   # attention_impl: xla | cudnn (GPU) | pallas (flash attention; interpreted on CPU).
-  return dict(width=64, depth=2, mlp_dim=256, num_heads=4, attention_impl="xla", **kw)
+  # remat: none | full | dots_saveable (what each block keeps for the backward pass).
+  return dict(width=64, depth=2, mlp_dim=256, num_heads=4, attention_impl="xla", remat="none",
+              **kw)
 
 
 def get_config(arg=None):
@@ -41,6 +43,7 @@ def get_config(arg=None):
       embed_dim=64,
       temperature_init=10.0,               # SigLIP's t' = log 10.
       bias_init=-10.0,                     # SigLIP's b.
+      dtype="float32",                     # Compute dtype (bfloat16: mixed precision; params stay float32).
   )
   c.objective = dict(
       name="siglip",
