@@ -30,6 +30,12 @@ def test_snippet_is_ten_lines_or_so():
   assert len(zero_shot_snippet().strip().splitlines()) <= 12
 
 
+def test_readme_shows_the_same_snippet():
+  with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+    readme = f.read()
+  assert "```python\n" + zero_shot_snippet() + "```" in readme
+
+
 def test_zero_shot_snippet_runs(tmp_path, monkeypatch, capsys):
   # The snippet's own paths, relative to a scratch directory: a converted CLIP with CLIP's
   # real vocabulary and context (so open_clip's tokenizer fits) and a photo.
