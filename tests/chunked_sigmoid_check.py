@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from digit_batches import digit_batches  # tests/ is this script's directory.
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import models, objectives, optim
@@ -161,23 +163,6 @@ def check_batch_axes():
 
 # Correctness, not XLA's code quality: fast compiles for both paths alike.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def digit_batches(n_batches, batch, text_len, vocab):
-  """Real digits scans (16x16, [-1, 1]) paired with label-derived token ids."""
-  from sklearn.datasets import load_digits
-  digits = load_digits()
-  rng = np.random.default_rng(0)
-  out = []
-  for _ in range(n_batches):
-    idx = rng.choice(len(digits.images), batch, replace=False)
-    img = np.kron(digits.images[idx], np.ones((2, 2)))[..., None] / 8.0 - 1.0
-    text = np.zeros((batch, text_len), np.int32)
-    text[:, 0] = 3 + digits.target[idx]
-    text[:, 1] = rng.integers(13, vocab, batch)
-    text[:, 2] = 2
-    out.append({"image": img.astype(np.float32), "text": text})
-  return out
 
 
 def check_train_step(steps=3, mesh_cfg=None, rules="dp"):

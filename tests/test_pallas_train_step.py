@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from digit_batches import digit_batches
 import pytest
 
 from bigvl import config_lib, metrics, models, objectives, optim, train
@@ -48,23 +50,6 @@ def _demo_config(steps=STEPS, batch=32):
   return config
 
 
-def _digit_batches(n_batches: int, batch: int, text_len: int, vocab: int):
-  """Real digits scans upsampled to 16x16 in [-1, 1], paired with label-derived token ids."""
-  from sklearn.datasets import load_digits
-  digits = load_digits()
-  rng = np.random.default_rng(0)
-  out = []
-  for _ in range(n_batches):
-    idx = rng.choice(len(digits.images), batch, replace=False)
-    img = np.kron(digits.images[idx], np.ones((2, 2)))[..., None] / 8.0 - 1.0
-    text = np.zeros((batch, text_len), np.int32)
-    text[:, 0] = 3 + digits.target[idx]                    # "the digit <k>"
-    text[:, 1] = rng.integers(13, vocab, batch)            # Caption noise.
-    text[:, 2] = 2                                         # EOS; the rest is padding.
-    out.append({"image": jnp.asarray(img, jnp.float32), "text": jnp.asarray(text)})
-  return out
-
-
 # This test measures agreement, not XLA's code quality: skipping LLVM's expensive passes
 # halves the CPU compile time and applies to both paths alike.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -77,7 +62,7 @@ def _compiled(fn, *args):
 def test_siglip_train_steps_pallas_match_xla():
   config = _demo_config()
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  batches = _digit_batches(STEPS, config.batch_size, config.data.text_len, 64)
+  batches = jax.tree.map(jnp.asarray, digit_batches(STEPS, config.batch_size, config.data.text_len, 64))
   mesh = sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   rules = sh.get_rules(config.sharding.rules)
 

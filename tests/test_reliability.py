@@ -237,15 +237,9 @@ def test_init_from_reports_loaded_new_and_dropped(tmp_path):
      "Unknown digits split 'validation'"),
     ({"nonfinite": "ignore"}, "config.nonfinite='ignore'; valid: stop, skip"),
 ])
-def test_configs_that_cannot_work_fail_before_compiling(tmp_path, overrides, message):
-  config = config_lib.load_config_file(DEMO_SIGLIP)
-  config.evals = {}
-  for k, v in overrides.items():
-    node = config
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+def test_configs_that_cannot_work_fail_before_compiling(tmp_path, demo_config, overrides,
+                                                      message):
+  config = demo_config(**overrides)
   with pytest.raises(config_lib.ConfigError, match=message):
     train.train_and_evaluate(config, str(tmp_path / "wd"))
   assert not (tmp_path / "wd" / "checkpoints").exists()
