@@ -29,11 +29,18 @@ def _logged_steps(workdir):
   return [r["step"] for r in metrics.read_jsonl(str(path))] if path.exists() else []
 
 
-def _run_until(workdir, step, *args, sig=signal.SIGKILL, timeout=300):
-  """Starts a run and sends `sig` once metrics.jsonl has logged `step`."""
+def _checkpoints(workdir):
+  d = workdir / "checkpoints"
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if d.exists() else []
+
+
+def _run_until(workdir, step, *args, sig=signal.SIGKILL, checkpoint=None, timeout=300):
+  """Starts a run and sends `sig` once metrics.jsonl has logged `step` (and, if given, the
+  async save of `checkpoint` has become visible)."""
   proc = _popen(workdir, *args)
   deadline = time.time() + timeout
-  while max(_logged_steps(workdir), default=0) < step:
+  while (max(_logged_steps(workdir), default=0) < step or
+         (checkpoint and checkpoint not in _checkpoints(workdir))):
     assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()}"
     assert time.time() < deadline, "run too slow"
     time.sleep(0.01)
@@ -65,12 +72,15 @@ def uninterrupted(tmp_path_factory):
 
 def _kill_and_resume(tmp_path, uninterrupted, kill_step):
   workdir = tmp_path / f"kill{kill_step}"
-  rc, _ = _run_until(workdir, kill_step, "--config.total_steps=40", *FAST)
+  # Saves are asynchronous: wait for the last one before the kill point to be complete.
+  rc, _ = _run_until(workdir, kill_step, "--config.total_steps=40", *FAST,
+                     checkpoint=kill_step // 10 * 10)
   assert rc == -signal.SIGKILL
+  resumed = max(_checkpoints(workdir))  # Newest complete checkpoint at the time of the kill.
+  assert resumed >= kill_step // 10 * 10 and resumed < 40
   rerun = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
                      "--config.total_steps=40", *FAST], check=True)
-  resumed = int(rerun.stdout.split("Resumed from checkpoint step ")[1].split()[0])
-  assert resumed == (kill_step // 10) * 10 or resumed == kill_step // 10 * 10 + 10
+  assert f"Resumed from checkpoint step {resumed} " in rerun.stdout
   assert f"step {resumed + 1}/40 " in rerun.stdout  # The step count continues, not from 0.
   reference = _losses(uninterrupted)
   got = _losses(workdir)
