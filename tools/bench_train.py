@@ -1,0 +1,390 @@
+"""Times the train step of any config; reports examples/s, TFLOP/s, MFU and compiled memory.
+
+    python tools/bench_train.py --config configs/demo/siglip_digits.py[:arg] \
+        [--config.key=value ...] [--steps 20] [--warmup 3] [--out result.json]
+    # FLOPs and memory only, for sizes too large to run here (nothing is allocated):
+    python tools/bench_train.py --config configs/demo/siglip_digits.py --model_preset siglip:B/16 \
+        --config.data.text_len=64 --config.batch_size=8 \
+        --config.data.train.pp="resize(224)|value_range(-1, 1)|choose_text|tokenize|keep('image', 'text')" \
+        --compile_only
+
+Everything is built as the train loop builds it (`bigvl.train._build`, `bigvl.state.create`,
+`bigvl.train.compile_step`): same mesh, rules, model, objective, optimizer and the same AOT-
+compiled, donated step. Only the batch differs: one synthetic batch of the config's batch spec
+(see `synthetic_batch`), placed with the batch shardings once, so that data loading and host
+-> device transfer are not timed. `config.evals` is emptied: evaluation is not part of a step.
+
+Timing: --warmup untimed steps, then --steps steps each ended by `block_until_ready`; the
+step time is their median (seconds). FLOPs per device per step come from XLA's cost analysis
+of the compiled (SPMD-partitioned) step, as the loop's train/tflops_per_device does.
+
+Memory, per device, from the compiled step's `memory_analysis()` (bytes): argument (train
+state + batch), output (new state + metrics), alias (outputs written into donated arguments:
+the state), temp (everything else alive at some point: activations kept for the backward pass,
+gradients, optimizer temporaries), generated code; peak_bytes_estimate = argument + output +
+temp - alias. state_bytes_per_device is the sharded train state (params + optimizer state),
+summed from the shard shapes of its shardings.
+
+Fields: config, overrides, devices, device_kind, mesh, rules, batch_size, params, remat,
+step_time_s (median), step_time_min_s, examples_per_sec, flops_per_device_per_step,
+tflops_per_device, peak_tflops, mfu (null without a known peak: CPU; --peak_tflops gives it),
+compile_s, state_bytes_per_device and the memory fields above; with --compile_only the timing
+fields are null. stdout gets exactly this one JSON object (also written to --out); progress
+lines go to stderr.
+
+On CPU: --cpu_devices=8 simulates 8 devices (as XLA_FLAGS=--xla_force_host_platform_device_count
+=8 does). Remat saves no memory on plain XLA:CPU (see KEEP_BARRIERS_FLAG); --keep_remat_barriers
+makes the compiled memory show what it saves on an accelerator. Numbers measured with this tool:
+benchmarks/train_cpu.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flax.linen as nn  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from bigvl import config_lib, mfu as mfu_lib  # noqa: E402
+from bigvl import sharding as sh  # noqa: E402
+from bigvl import state as state_lib  # noqa: E402
+from bigvl import train as train_lib  # noqa: E402
+from bigvl.models import presets  # noqa: E402
+
+MEMORY_FIELDS = (("temp_bytes", "temp_size_in_bytes"),
+                 ("argument_bytes", "argument_size_in_bytes"),
+                 ("output_bytes", "output_size_in_bytes"),
+                 ("alias_bytes", "alias_size_in_bytes"),
+                 ("generated_code_bytes", "generated_code_size_in_bytes"))
+
+
+# XLA:CPU expands (drops) the optimization barriers that `jax.checkpoint` puts around the
+# recomputed forward pass early, in its layout-assignment pipeline (pass "cse_barrier_expander"),
+# and later CSE/simplification passes then merge the recomputation with the original forward:
+# every activation is kept anyway. On CPU, remat costs FLOPs and saves no memory. XLA:GPU expands
+# the barriers only after scheduling. Disabling that one pass makes the CPU's memory analysis
+# show what remat does on an accelerator (the program computes the same values).
+KEEP_BARRIERS_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"
+
+
+def remat_barriers_kept() -> bool:
+  return "cse_barrier_expander" in os.environ.get("XLA_FLAGS", "")
+
+
+def keep_remat_barriers() -> None:
+  """Adds KEEP_BARRIERS_FLAG to XLA_FLAGS; effective only before the first backend use."""
+  if remat_barriers_kept():
+    return
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  name, _, passes = KEEP_BARRIERS_FLAG.partition("=")
+  for i, f in enumerate(flags):
+    if f.startswith(name + "="):  # One list of disabled passes: a second flag would replace it.
+      flags[i] = f + "," + passes
+      break
+  else:
+    flags.append(KEEP_BARRIERS_FLAG)
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def log(*args) -> None:
+  print(*args, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Thin public wrappers over the loop's own builders (no second copy of the loop).
+
+
+def load_config(spec: str, overrides: list[tuple[str, str]], model_preset: str | None = None):
+  """The config as `python -m bigvl.train` loads it, optionally with a preset model, minus evals.
+
+  `model_preset` ("siglip:B/16", "clip:L/14") replaces config.model with
+  `bigvl.models.presets.<family>(<variant>)` before `overrides` apply; its towers get explicit
+  `remat`/`attention_impl` keys and the model a `dtype`, at the models' defaults, so that
+  `--config.model.image.remat=full` or `--config.model.dtype=bfloat16` can follow. The
+  demo's data stay: its digits are grey, so the patch embedding sees 1 channel, not 3
+  (SigLIP B/16: 202,762,754 params here, 203,155,970 with RGB: -0.2%).
+  """
+  config = config_lib.load_config_file(spec)
+  if model_preset:
+    family, _, variant = model_preset.partition(":")
+    if family not in ("clip", "siglip") or not variant:
+      raise config_lib.ConfigError(
+          f"--model_preset={model_preset!r}: expected clip:<variant> or siglip:<variant>, "
+          "e.g. siglip:B/16.")
+    try:
+      model = getattr(presets, family)(variant)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"--model_preset={model_preset!r}: {e}") from e
+    for tower in ("image", "text"):
+      model[tower] = dict(dict(remat="none", attention_impl="xla"), **model[tower])
+    model.setdefault("dtype", "float32")
+    config.model = model
+  config = config_lib.apply_overrides(config, overrides)
+  config.evals = {}  # Not part of a train step: building evaluators would only cost time.
+  return config_lib.with_defaults(config)
+
+
+def build(config, workdir: str) -> dict:
+  """`bigvl.train._build`: mesh, rules, model, objective, tx, schedule, batch_spec, ..."""
+  return train_lib._build(config, workdir)  # pylint: disable=protected-access
+
+
+def abstract_state(b: dict, seed: int):
+  """(abstract TrainState of ShapeDtypeStructs, its shardings): nothing allocated."""
+  init = state_lib.init_fn(b["model"], b["objective"], b["tx"], b["batch_spec"])
+  return state_lib.abstract(init, seed, b["mesh"], b["rules"])
+
+
+def compile_step(config, b: dict, state, state_shardings):
+  """The loop's compiled step and its FLOPs per device; `state` may be abstract."""
+  with jax.set_mesh(b["mesh"]), nn.logical_axis_rules(b["rules"]):
+    return train_lib.compile_step(config, b, state, state_shardings)
+
+
+def batch_shardings(b: dict) -> dict:
+  """The loop's batch shardings: leading (batch) dim over the batch mesh axes."""
+  return {k: sh.batch_sharding(b["mesh"], b["rules"], len(v.shape))
+          for k, v in b["batch_spec"].items()}
+
+
+def synthetic_batch(b: dict, seed: int = 0) -> dict:
+  """One global batch of the config's batch spec, placed with the loop's batch shardings.
+
+  Floating fields (images, (B, H, W, C)) are uniform in [-1, 1); integer fields (token ids
+  (B, L), labels (B,)) are drawn from {1, 2}: valid for any vocabulary or class count >= 3,
+  never the pad id 0 (so no all-padding text) and containing CLIP's EOS id 2. Step time does
+  not depend on the values, only a non-finite loss could change the work done.
+  """
+  if jax.process_count() > 1:
+    raise NotImplementedError("bench_train runs in one process (any number of its devices).")
+  rng = np.random.default_rng(seed)
+  shardings = batch_shardings(b)
+  out = {}
+  for k, spec in b["batch_spec"].items():
+    dtype = np.dtype(spec.dtype)
+    if np.issubdtype(dtype, np.floating):
+      x = rng.uniform(-1.0, 1.0, spec.shape).astype(dtype)
+    elif np.issubdtype(dtype, np.integer):
+      x = rng.integers(1, 3, spec.shape).astype(dtype)
+    elif dtype == np.bool_:
+      x = np.ones(spec.shape, dtype)
+    else:
+      x = np.zeros(spec.shape, dtype)
+    # One process: the global batch is the local one, split over the batch shardings.
+    out[k] = jax.device_put(x, shardings[k])
+  return out
+
+
+def memory_stats(compiled) -> dict:
+  """Per-device bytes from `compiled.memory_analysis()` (None where the backend has none)."""
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:  # Some backends have no memory analysis.
+    mem = None
+  out = {name: (int(getattr(mem, attr)) if mem is not None and hasattr(mem, attr) else None)
+         for name, attr in MEMORY_FIELDS}
+  parts = [out["argument_bytes"], out["output_bytes"], out["temp_bytes"], out["alias_bytes"]]
+  out["peak_bytes_estimate"] = (None if None in parts else
+                                parts[0] + parts[1] + parts[2] - parts[3])
+  # (Not XLA's peak_memory_in_bytes: on CPU it leaves out the temps.)
+  return out
+
+
+def _shard_shape(sharding, shape) -> tuple[int, ...]:
+  try:
+    return tuple(sharding.shard_shape(shape))
+  except ValueError:  # Uneven split (IndivisibleError): XLA pads, each device holds the ceiling.
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    out = []
+    for dim, axes in zip(shape, spec):
+      axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+      n = int(np.prod([sharding.mesh.shape[a] for a in axes], dtype=np.int64))
+      out.append(-(-dim // n))
+    return tuple(out)
+
+
+def state_bytes_per_device(abstract, shardings) -> int:
+  """Bytes of a (train state) tree on one device: each leaf's shard shape x itemsize, summed.
+
+  `abstract`: the tree of (boxed) ShapeDtypeStructs or arrays; `shardings`: its shardings (a
+  tree prefix, as `bigvl.state.abstract` returns). An uneven split counts the padded shard.
+  """
+  leaves = jax.tree.leaves(nn.unbox(abstract))
+  shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  if len(leaves) != len(shards):
+    raise ValueError(f"{len(leaves)} state arrays but {len(shards)} shardings.")
+  return int(sum(np.prod(_shard_shape(s, x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x, s in zip(leaves, shards)))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def time_steps(step_fn, state, batch, steps: int, warmup: int):
+  """Per-step wall times in seconds of `steps` steps after `warmup`, each fully waited for.
+
+  The state is donated each step, so each step consumes the previous one's output, exactly
+  as in the loop. Returns (times, final state).
+  """
+  for i in range(warmup):
+    state, m = step_fn(state, batch)
+    jax.block_until_ready((state, m))
+    log(f"warm-up step {i + 1}/{warmup} done")
+  times = []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    state, m = step_fn(state, batch)
+    jax.block_until_ready((state, m))
+    times.append(time.perf_counter() - t0)
+    log(f"step {i + 1}/{steps}: {times[-1]:.4f} s")
+  return times, state
+
+
+def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
+              compile_only: bool = False, peak_tflops: float = 0.0,
+              workdir: str | None = None) -> dict:
+  """Builds, compiles and (unless `compile_only`) times the train step of `config`.
+
+  Returns the result dict that the CLI prints (see the module docstring for its fields).
+  """
+  own_workdir = workdir is None
+  workdir = workdir or tempfile.mkdtemp(prefix="bench_train_")
+  try:
+    t0 = time.perf_counter()
+    b = build(config, workdir)  # Trains the tokenizer (if any) into workdir, traces the model.
+    shapes, shardings = abstract_state(b, config.seed)
+    mesh = b["mesh"]
+    n_params = state_lib.param_count(shapes.params)
+    log(f"built in {time.perf_counter() - t0:.1f}s: {jax.device_count()} "
+        f"{jax.devices()[0].device_kind} device(s), mesh {dict(mesh.shape)}, "
+        f"rules {config.sharding.rules!r}, {n_params:,} params, batch {config.batch_size}")
+
+    remat = {t: config.model[t].get("remat", "none") for t in ("image", "text")
+             if isinstance(config.model.get(t), (dict, config_lib.ConfigDict))}
+    if (jax.devices()[0].platform == "cpu" and set(remat.values()) - {"none"}
+        and not remat_barriers_kept()):
+      log(f"WARNING: remat {remat} on CPU without --keep_remat_barriers: XLA:CPU merges the "
+          "recomputation with the forward pass, so memory is as without remat (FLOPs are not).")
+
+    if compile_only:
+      state = shapes  # Lowering needs only shapes; the shardings come from in_shardings.
+    else:
+      with jax.set_mesh(mesh), nn.logical_axis_rules(b["rules"]):
+        state, shardings = state_lib.create(b["model"], b["objective"], b["tx"],
+                                            b["batch_spec"], config.seed, mesh, b["rules"])
+    t0 = time.perf_counter()
+    step_fn, flops = compile_step(config, b, state, shardings)
+    compile_s = time.perf_counter() - t0
+    log(f"compiled in {compile_s:.1f}s: {flops or 0:.4g} FLOPs per device per step")
+
+    peak = mfu_lib.peak_tflops(peak_tflops or config.peak_tflops)
+    result = dict(
+        config=spec, compile_only=compile_only,
+        devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+        platform=jax.devices()[0].platform, mesh=dict(mesh.shape),
+        rules=config.sharding.rules if isinstance(config.sharding.rules, str)
+        else [list(r) for r in config.sharding.rules],
+        batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
+        params=n_params, dtype=str(config.model.get("dtype", "float32")),
+        remat=remat, xla_flags=os.environ.get("XLA_FLAGS", ""),
+        steps=None, warmup=None, step_time_s=None, step_time_min_s=None,
+        examples_per_sec=None, flops_per_device_per_step=flops, tflops_per_device=None,
+        peak_tflops=peak, mfu=None, compile_s=round(compile_s, 3),
+        state_bytes_per_device=state_bytes_per_device(shapes, shardings))
+    result.update(memory_stats(step_fn))
+
+    if not compile_only:
+      batch = synthetic_batch(b, config.seed)
+      times, state = time_steps(step_fn, state, batch, steps, warmup)
+      del state
+      median = statistics.median(times)
+      result.update(steps=steps, warmup=warmup, step_time_s=median, step_time_min_s=min(times),
+                    examples_per_sec=config.batch_size / median)
+      if flops:
+        result["tflops_per_device"] = flops / median / 1e12
+        if peak:
+          result["mfu"] = result["tflops_per_device"] / peak
+    return result
+  finally:
+    if own_workdir:
+      shutil.rmtree(workdir, ignore_errors=True)
+
+
+def parse_args(argv):
+  """(config spec, [(key, value)] overrides, argparse namespace) from argv (no program name)."""
+  spec, overrides, rest = config_lib.split_config_flags(list(argv))
+  p = argparse.ArgumentParser(
+      prog="bench_train.py", description=__doc__.split("\n\n")[0],
+      epilog="Also: --config PATH[:ARG] (required) and any number of --config.KEY=VALUE.")
+  p.add_argument("--steps", type=int, default=10, help="Timed steps (median reported).")
+  p.add_argument("--warmup", type=int, default=2, help="Untimed steps first.")
+  p.add_argument("--compile_only", action="store_true",
+                 help="Compile only: FLOPs and memory, no state allocated, no timing.")
+  p.add_argument("--peak_tflops", type=float, default=0.0,
+                 help="Peak TFLOP/s of one device for MFU; 0: config.peak_tflops, else the "
+                      "table by device kind (none for CPU: mfu is null).")
+  p.add_argument("--model_preset", default=None,
+                 help="Replace config.model by bigvl.models.presets, e.g. siglip:B/16, "
+                      "clip:L/14 (before the --config.* overrides).")
+  p.add_argument("--cpu_devices", type=int, default=0,
+                 help="Simulate this many CPU devices (jax_num_cpu_devices); 0: leave as is.")
+  p.add_argument("--keep_remat_barriers", action="store_true",
+                 help="CPU: keep remat's optimization barriers through CSE, as XLA:GPU does "
+                      f"(adds {KEEP_BARRIERS_FLAG} to XLA_FLAGS). Without it XLA:CPU merges the "
+                      "recomputation with the forward pass and remat saves no memory.")
+  p.add_argument("--workdir", default=None,
+                 help="Where the tokenizer is trained/read; default a temporary directory.")
+  p.add_argument("--out", default=None, help="Also write the JSON result to this file.")
+  args = p.parse_args(rest)
+  if spec is None:
+    p.error("--config is required, e.g. --config configs/demo/siglip_digits.py")
+  if args.steps < 1 or args.warmup < 0:
+    p.error("--steps must be >= 1 and --warmup >= 0.")
+  return spec, overrides, args
+
+
+def main(argv=None) -> int:
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  try:
+    spec, overrides, args = parse_args(sys.argv[1:] if argv is None else argv)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  # Both must precede the first use of a backend (XLA reads its flags when the client starts).
+  if args.cpu_devices:
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+  if args.keep_remat_barriers:
+    keep_remat_barriers()
+  try:
+    config = load_config(spec, overrides, args.model_preset)
+    result = benchmark(config, spec=spec, steps=args.steps, warmup=args.warmup,
+                       compile_only=args.compile_only, peak_tflops=args.peak_tflops,
+                       workdir=args.workdir)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  result["overrides"] = {k: v for k, v in overrides}
+  if args.model_preset:
+    result["model_preset"] = args.model_preset
+  text = json.dumps(result)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(json.dumps(result, indent=2) + "\n")
+  print(text, flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
