@@ -14,9 +14,9 @@ TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=4)
 
 
 def _apply(model, *args):
-  # Jitted: eager op-by-op dispatch is several times slower on CPU.
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), *args)
-  return jax.jit(model.apply)(variables, *args)
+  """Output shapes only: tracing, no compilation (compiling each variant costs seconds)."""
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)
+  return jax.eval_shape(model.apply, variables, *args)
 
 
 @pytest.mark.parametrize("pool,expected", [("cls", (2, 32)), ("gap", (2, 32)), ("map", (2, 32)),

@@ -89,6 +89,7 @@ def _kill_and_resume(tmp_path, uninterrupted, kill_step):
   _assert_same_params(workdir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_kill9_between_checkpoints_resumes_bit_exact(tmp_path, uninterrupted):
   _kill_and_resume(tmp_path, uninterrupted, 27)
 
@@ -187,7 +188,7 @@ def _first_step_with(index, config):
   return None
 
 
-@pytest.mark.parametrize("policy", ["stop", "skip"])
+@pytest.mark.parametrize("policy", ["stop", pytest.param("skip", marks=pytest.mark.slow)])
 def test_nan_in_batch(tmp_path, monkeypatch, policy):
   _nan_source_module(tmp_path)
   monkeypatch.syspath_prepend(str(tmp_path))

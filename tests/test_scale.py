@@ -106,6 +106,7 @@ def _mean_cosine(model, params, batch, rng, train=True):
   return 1.0 - (zimg * ztxt).sum(-1).mean(), {}
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch():
   config = config_lib.load_config_file(DEMO_SIGLIP)
   config.optimizer.name = "sgd"    # Update = -lr * grad: compares the gradients themselves.

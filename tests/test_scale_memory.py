@@ -67,6 +67,7 @@ def _gb(n):
 # tools/bench_train.py
 
 
+@pytest.mark.slow
 def test_bench_train_times_demo_config(tmp_path):
   out = tmp_path / "result.json"
   proc = _run_tool(["--config", DEMO_SIGLIP, "--config.total_steps=10", "--steps", "3",
