@@ -291,6 +291,15 @@ _NOT_ARCHITECTURE = {"variant", "dropout", "attention_impl", "dtype", "head_zero
                      "temperature_init"}
 
 
+def hf_vision_config(img: Mapping, meta: Mapping, where: str, **extra) -> dict:
+  """The HF `vision_config` kwargs shared by CLIP and SigLIP for a canonical bigvl image tower."""
+  return dict(hidden_size=img["width"], intermediate_size=img["mlp_dim"],
+              num_hidden_layers=img["depth"], num_attention_heads=img["num_heads"],
+              patch_size=img["patch_size"], image_size=meta["image_size"],
+              num_channels=meta.get("channels", 3), hidden_act=act_to_hf(img["act"], where),
+              layer_norm_eps=img["ln_eps"], **extra)
+
+
 def _tower(cls, cfg: Mapping) -> dict:
   module = cls(**dict(cfg))
   # Declaration order, so that the first difference reported is the most basic one.

@@ -122,11 +122,7 @@ def hf_config(cfg: Mapping[str, Any], meta: Mapping[str, Any]):
   if img is None or txt is None or not c["embed_dim"]:
     raise common.ConversionError("A HF CLIPModel needs both towers and embed_dim.")
   where = "export to HF CLIP"
-  vision = dict(hidden_size=img["width"], intermediate_size=img["mlp_dim"],
-                num_hidden_layers=img["depth"], num_attention_heads=img["num_heads"],
-                patch_size=img["patch_size"], image_size=meta["image_size"],
-                num_channels=meta.get("channels", 3), hidden_act=common.act_to_hf(img["act"], where),
-                layer_norm_eps=img["ln_eps"], projection_dim=c["embed_dim"])
+  vision = common.hf_vision_config(img, meta, where, projection_dim=c["embed_dim"])
   text = dict(vocab_size=txt["vocab_size"], hidden_size=txt["width"],
               intermediate_size=txt["mlp_dim"], num_hidden_layers=txt["depth"],
               num_attention_heads=txt["num_heads"], max_position_embeddings=txt["max_len"],

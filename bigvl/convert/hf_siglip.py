@@ -96,11 +96,7 @@ def hf_config(cfg: Mapping[str, Any], meta: Mapping[str, Any]):
   if img is None or txt is None:
     raise common.ConversionError("A HF SiglipModel needs both towers.")
   where = "export to HF SigLIP"
-  vision = dict(hidden_size=img["width"], intermediate_size=img["mlp_dim"],
-                num_hidden_layers=img["depth"], num_attention_heads=img["num_heads"],
-                patch_size=img["patch_size"], image_size=meta["image_size"],
-                num_channels=meta.get("channels", 3), hidden_act=common.act_to_hf(img["act"], where),
-                layer_norm_eps=img["ln_eps"], vision_use_head=True)
+  vision = common.hf_vision_config(img, meta, where, vision_use_head=True)
   text = dict(vocab_size=txt["vocab_size"], hidden_size=txt["width"],
               intermediate_size=txt["mlp_dim"], num_hidden_layers=txt["depth"],
               num_attention_heads=txt["num_heads"], max_position_embeddings=txt["max_len"],

@@ -75,6 +75,13 @@ def max_abs_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+def assert_embeddings_close(got: dict, want, tol: float) -> None:
+  """Image/text embeddings and image->text logits of bigvl (`got`) vs an HF output, max abs."""
+  for name in ("image_embeds", "text_embeds", "logits_per_image"):
+    diff = max_abs_diff(got[name], getattr(want, name).numpy())
+    assert diff <= tol, f"{name}: max abs diff {diff:.2e} > {tol}"
+
+
 def two_towers_outputs(model, params, images_nchw: np.ndarray, ids: np.ndarray) -> dict:
   """A bigvl two-tower model's outputs under the names HF/open_clip give them, as NumPy.
 
