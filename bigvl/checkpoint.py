@@ -2,8 +2,9 @@
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 checkpoint is visible only once whole and a run killed mid-save leaves the previous ones
-as they were. The data stream needs no state of its own: batch s is a function of
-(config, s) (see data/loader.py), and the RNG is part of the train state.
+as they were. Each step also holds every process's grain iterator state (item `data`,
+one JSON file per process, grain's own orbax handler), taken when the step's batch had
+been consumed; the RNG is part of the train state.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 
 import flax.linen as nn
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -37,7 +39,9 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
                                              create=True, enable_async_checkpointing=async_save),
-        item_names=("state", "config"))
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -45,10 +49,14 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, config) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(json.loads(config.to_json()))))
+  def save(self, step: int, state, config, data_state: dict | None = None) -> None:
+    """Saves `state`, the config and (if given) this process's data iterator state."""
+    items = dict(state=ocp.args.StandardSave(state),
+                 config=ocp.args.JsonSave(json.loads(config.to_json())))
+    if data_state is not None:
+      # A snapshot, not the live iterator: an async save must not see later batches.
+      items["data"] = grain.checkpoint.CheckpointSave(_DataState(data_state))
+    self.manager.save(step, args=ocp.args.Composite(**items))
     if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step):
       _kill_once_writing(self.directory, step)
 
@@ -58,6 +66,19 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
     return restored.state
+
+  def restore_data_state(self, step: int) -> dict | None:
+    """This process's data iterator state at `step`; None if the checkpoint has none for a
+    run of this many processes (saved before data states existed, or by another process
+    count), in which case the loader indexes its stream at the step instead."""
+    path = os.path.join(self.directory, str(step), "data",
+                        f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    if not os.path.exists(path):
+      return None
+    holder = _DataState(None)
+    self.manager.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(holder)))
+    return holder.state
 
   def restore_latest(self, state, shardings):
     """(state, step) from the newest checkpoint that reads back whole; (state, 0) if none.
@@ -85,6 +106,22 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+class _DataState:
+  """Holds an iterator state for grain's checkpoint handler, which calls get/set_state."""
+
+  def __init__(self, state):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state, indent=1).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state)
+
+  def start_prefetch(self) -> None:  # Called by the handler after set_state.
+    pass
 
 
 def _kill_once_writing(directory: str, step: int) -> None:

@@ -44,11 +44,12 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.sharding.rules = "dp"         # Preset name (dp | fsdp | fsdp_tp) or a list of (logical, mesh axes).
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = ml_collections.ConfigDict()  # {source, split, pp, ...source options}
+  c.data.train = ml_collections.ConfigDict()  # {source, split, pp, ...source options} or {mixture: {name: {source, weight, pp?, ...}}, pp}
   c.data.tokenizer = ""           # Path of a sentencepiece model; "" trains one on the train captions.
   c.data.vocab_size = 96          # Vocabulary of a tokenizer trained here.
   c.data.tokenizer_type = "bpe"   # bpe | unigram, for a tokenizer trained here.
   c.data.text_len = 16            # Tokens per text, after EOS, padded.
   c.data.workers = 0              # Grain worker processes; 0 reads in the main process.
   c.data.prefetch = 2             # Batches prefetched per worker.
+  c.data.on_corrupt = "skip"      # An undecodable training image: skip (replace it, count it in data/skipped) | error.
   return c

@@ -56,8 +56,11 @@ class Registry:
     raise ValueError(f"Unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}; "
                      "or give 'package.module:attribute'.")
 
-  def build(self, name: str, **kwargs) -> Any:
-    """Calls the factory with `kwargs`, naming any keyword it does not accept."""
+  def build(self, name: str, /, **kwargs) -> Any:
+    """Calls the factory with `kwargs`, naming any keyword it does not accept.
+
+    `name` is positional-only so that a factory may take a `name` option of its own.
+    """
     fn = self.get(name)
     check_kwargs(fn, kwargs, f"{self.kind} {name!r}")
     return fn(**kwargs)

@@ -25,6 +25,7 @@ class TrainState:
   skipped_steps: jax.Array    # int32: steps whose update was dropped for a non-finite loss/grad.
   nonfinite_step: jax.Array   # int32: first such step, 0 if none.
   nonfinite_metric: jax.Array  # int32: what was non-finite at nonfinite_step (see NONFINITE).
+  data_skipped: jax.Array     # int32: training examples replaced because they were unreadable.
 
 
 NONFINITE = {1: "train/loss", 2: "train/grad_norm"}
@@ -51,7 +52,8 @@ def init_fn(model: nn.Module, objective, tx: optax.GradientTransformation, batch
                         *model_inputs(objective, dummy), train=False)["params"]
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=train_key,
-                      skipped_steps=zero, nonfinite_step=zero, nonfinite_metric=zero)
+                      skipped_steps=zero, nonfinite_step=zero, nonfinite_metric=zero,
+                      data_skipped=zero)
   return init
 
 

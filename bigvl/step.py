@@ -42,6 +42,10 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
   loop can stop (config.nonfinite="stop") naming it.
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  # Loader bookkeeping, not model input: counted here so the total is global and saved.
+  batch = dict(batch)
+  skipped = batch.pop("_skipped", None)
+  data_skipped = state.data_skipped + (0 if skipped is None else skipped.sum(dtype=jnp.int32))
 
   def loss_fn(params, b):
     return objective(model, params, b, rng, train=True)
@@ -62,10 +66,12 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
       nonfinite_step=jnp.where(first_bad, step, state.nonfinite_step),
       nonfinite_metric=jnp.where(first_bad, jnp.where(jnp.isfinite(loss), 2, 1),
-                                 state.nonfinite_metric))
+                                 state.nonfinite_metric),
+      data_skipped=data_skipped)
   metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
              "train/lr": schedule(state.step),
              "train/skipped_steps": new_state.skipped_steps,
+             "data/skipped": data_skipped,
              # Underscored: read by the loop, not logged.
              "_nonfinite_step": new_state.nonfinite_step,
              "_nonfinite_metric": new_state.nonfinite_metric}

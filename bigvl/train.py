@@ -141,7 +141,8 @@ def _build(config, workdir):
     train_ds = loader.train_dataset(config.data.train, batch_size=config.batch_size,
                                     seed=config.seed, context=context,
                                     process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+                                    process_count=jax.process_count(),
+                                    on_corrupt=config.data.on_corrupt)
     local = train_ds[0]
     batch_spec = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
                   for k, v in local.items()}
@@ -193,11 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
     progress = metrics_lib.Progress(config.total_steps, start_step, enabled=is_main)
-    it = loader.train_iterator(config.data.train, batch_size=config.batch_size, seed=config.seed,
-                               start_step=start_step, context=b["context"],
-                               workers=config.data.workers, prefetch=config.data.prefetch,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
+    it = _train_iterator(config, b, ckpt, start_step)
     last = {}
     try:
       for step in range(start_step + 1, config.total_steps + 1):
@@ -234,7 +231,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   ", ".join(f"{k} {v:.4f}" for k, v in em.items()), flush=True)
           progress.rate(step)  # Evaluation time is not training speed.
         if do_ckpt:
-          ckpt.save(step, state, config)
+          ckpt.save(step, state, config, data_state=dict(
+              step=step, workers=config.data.workers, grain=it.get_state()))
         if preemption.requested:
           ckpt.wait()
           print(f"SIGTERM: saved checkpoint at step {step} in {ckpt.directory}; exiting. Run the "
@@ -243,7 +241,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
     finally:
       ckpt.wait()
       ckpt.close()
+      if hasattr(it, "close"):
+        it.close()  # Stops grain's worker processes now, not at interpreter exit.
   return last
+
+
+def _train_iterator(config, b, ckpt, start_step: int):
+  """The data iterator positioned after `start_step`, from the checkpoint's saved state
+  when it was saved by the same number of processes and workers."""
+  kwargs = dict(batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+                context=b["context"], workers=config.data.workers,
+                prefetch=config.data.prefetch, process_index=jax.process_index(),
+                process_count=jax.process_count(), on_corrupt=config.data.on_corrupt)
+  saved = ckpt.restore_data_state(start_step) if start_step else None
+  if saved is not None:
+    grain_state = saved.get("grain", {})
+    if saved.get("workers") != config.data.workers:
+      problem = f"saved with data.workers={saved.get('workers')}, now {config.data.workers}"
+    elif saved.get("step") != start_step or grain_state.get("next_index", start_step) != start_step:
+      problem = f"it is at step {saved.get('step')}, the checkpoint at step {start_step}"
+    else:
+      return loader.train_iterator(config.data.train, state=grain_state, **kwargs)
+    if jax.process_index() == 0:
+      print(f"Saved data iterator state not used ({problem}); indexing the data stream at "
+            f"step {start_step} instead, which gives the same batches.", flush=True)
+  return loader.train_iterator(config.data.train, **kwargs)
 
 
 def compile_step(config, b, state, state_shardings):

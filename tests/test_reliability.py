@@ -70,17 +70,19 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-def _kill_and_resume(tmp_path, uninterrupted, kill_step):
+def _kill_and_resume(tmp_path, uninterrupted, kill_step, *extra):
   workdir = tmp_path / f"kill{kill_step}"
   # Saves are asynchronous: wait for the last one before the kill point to be complete.
-  rc, _ = _run_until(workdir, kill_step, "--config.total_steps=40", *FAST,
+  rc, _ = _run_until(workdir, kill_step, "--config.total_steps=40", *FAST, *extra,
                      checkpoint=kill_step // 10 * 10)
   assert rc == -signal.SIGKILL
   resumed = max(_checkpoints(workdir))  # Newest complete checkpoint at the time of the kill.
   assert resumed >= kill_step // 10 * 10 and resumed < 40
+  assert (workdir / "checkpoints" / str(resumed) / "data" / "process_0-of-1.json").exists()
   rerun = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
-                     "--config.total_steps=40", *FAST], check=True)
+                     "--config.total_steps=40", *FAST, *extra], check=True)
   assert f"Resumed from checkpoint step {resumed} " in rerun.stdout
+  assert "data iterator state not used" not in rerun.stdout  # The saved state was restored.
   assert f"step {resumed + 1}/40 " in rerun.stdout  # The step count continues, not from 0.
   reference = _losses(uninterrupted)
   got = _losses(workdir)
@@ -98,6 +100,13 @@ def test_kill9_between_checkpoints_resumes_bit_exact(tmp_path, uninterrupted):
 @pytest.mark.parametrize("kill_step", [13, 36])
 def test_kill9_at_more_points_resumes_bit_exact(tmp_path, uninterrupted, kill_step):
   _kill_and_resume(tmp_path, uninterrupted, kill_step)
+
+
+@pytest.mark.slow
+def test_kill9_with_data_workers_resumes_bit_exact(tmp_path, uninterrupted):
+  # Two grain worker processes; their iterator state is restored, and the batches are the
+  # same as the reference run's, read in the main process.
+  _kill_and_resume(tmp_path, uninterrupted, 27, "--config.data.workers=2")
 
 
 @pytest.mark.slow

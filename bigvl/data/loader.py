@@ -1,18 +1,41 @@
 """Grain pipelines: the infinite, shuffled, augmented training stream, and eval batches.
 
-The training stream is a grain MapDataset, so batch `s` is a pure function of
-(config, seed, s): resuming at step s is indexing from s, with nothing else to save.
-Each process reads only its share of every global batch.
+The training stream is a grain MapDataset whose element s is the batch of step s+1, a pure
+function of (config, seed, s):
+
+* examples: each source is shuffled anew every epoch and repeated; a mixture interleaves
+  its sources by weight (`grain.MapDataset.mix`), deterministically;
+* element j of the global stream goes to process j % process_count, so each host reads
+  only its share, and its augmentation is seeded by (seed, j) whatever the process or
+  worker count;
+* an example whose image cannot be decoded is replaced by a random readable one (drawn
+  from (seed, j) too), flagged in the batch's `_skipped` and logged with its key;
+  `data.on_corrupt="error"` stops instead.
+
+Grain's iterator state rides in every checkpoint (see checkpoint.py); because of the
+above, restoring it and indexing the stream at the restored step give the same batches,
+which is also what makes a restore onto another process or worker count exact.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
 from bigvl.data import sources, transforms
+
+# A stream position whose replacement draws keep failing means the data is broken, not a
+# few bad files: stop and say so.
+MAX_REPLACEMENTS = 100
+_STREAM_LEN = 2 ** 62  # "Infinite" and still an int64 index.
+
+
+class DataError(RuntimeError):
+  """The training data cannot be read; the message names the example and the fix."""
 
 
 def _arrays_only(ex: dict) -> dict:
@@ -21,39 +44,175 @@ def _arrays_only(ex: dict) -> dict:
           if isinstance(v, (np.ndarray, np.generic, int, float, bool))}
 
 
+def _unreadable(e: Exception) -> bool:
+  # Reading a source may fail on the file itself (a missing or unreadable image in a
+  # folder source, a decoder error inside tfds); code and config errors must still raise.
+  return isinstance(e, (transforms.CorruptImage, OSError, SyntaxError)) or (
+      type(e).__name__ in ("UnidentifiedImageError", "DecompressionBombError"))
+
+
+class _Component:
+  """One source of the stream with its own pp (a mixture has several)."""
+
+  def __init__(self, cfg: dict, context: dict, seed: int):
+    cfg = dict(cfg)
+    self.weight = float(cfg.pop("weight", 1.0))
+    self.pp = transforms.build(cfg.pop("pp", ""), **context)
+    self.name = cfg.get("source") + (f" split {cfg['split']}" if cfg.get("split") else "")
+    self.source = sources.build(cfg)
+    if len(self.source) == 0:
+      raise ValueError(f"Training source {self.name} is empty.")
+    self.examples = grain.MapDataset.source(self.source).shuffle(seed=seed).repeat(None)
+
+
+class Stream:
+  """The global example stream: `stream.example(j)` is element j, with its pp applied.
+
+  `train_cfg` is one source (`{source, split?, pp, ...options}`) or a mixture
+  (`{mixture: {name: {source, weight, pp?, ...}}, pp}`: each component's own pp, then the
+  shared pp).
+  """
+
+  def __init__(self, train_cfg, *, seed: int, context: dict, on_corrupt: str = "skip"):
+    cfg = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else dict(train_cfg)
+    if on_corrupt not in ("skip", "error"):
+      raise ValueError(f"config.data.on_corrupt={on_corrupt!r}; valid: skip, error.")
+    self.on_corrupt = on_corrupt
+    self.seed = seed
+    mixture = cfg.pop("mixture", None)
+    self.pp = transforms.build(cfg.pop("pp", ""), **context)
+    if mixture:
+      if set(cfg) - {"weight"}:
+        raise ValueError(f"A mixture takes its sources under 'mixture'; move {sorted(cfg)} "
+                         "into a component.")
+      self.components = [_Component(c, context, seed + i)
+                         for i, (_, c) in enumerate(sorted(mixture.items()))]
+      weights = [c.weight for c in self.components]
+      if min(weights) <= 0:
+        raise ValueError(f"Mixture weights must be > 0, got {weights}.")
+      tagged = [c.examples.map(lambda ex, i=i: (i, ex)) for i, c in enumerate(self.components)]
+      self.examples = grain.MapDataset.mix(tagged, weights)
+    else:
+      self.components = [_Component(cfg, context, seed)]
+      self.examples = self.components[0].examples.map(lambda ex: (0, ex))
+
+  def _load(self, j: int) -> dict:
+    i, ex = self.examples[j]
+    rng = np.random.default_rng((self.seed, j))
+    return _arrays_only(self.pp(self.components[i].pp(ex, rng), rng))
+
+  def example(self, j: int) -> tuple[dict, bool]:
+    """(element j after pp, whether it replaces an unreadable example)."""
+    try:
+      return self._load(j), False
+    except Exception as e:
+      if not _unreadable(e):
+        raise
+      first = e
+    key = self._key(j)
+    if self.on_corrupt == "error":
+      raise DataError(f"Unreadable example {key}: {first}. Fix or remove it, or set "
+                      "config.data.on_corrupt='skip' to skip such examples.") from first
+    print(f"WARNING: skipping unreadable example {key}: {first}", file=sys.stderr, flush=True)
+    draws = np.random.default_rng((self.seed, j, 1))
+    for _ in range(MAX_REPLACEMENTS):
+      r = int(draws.integers(0, _STREAM_LEN))
+      try:
+        return self._load(r), True
+      except Exception as e:
+        if not _unreadable(e):
+          raise
+        print(f"WARNING: skipping unreadable example {self._key(r)}: {e}", file=sys.stderr,
+              flush=True)
+    raise DataError(f"{MAX_REPLACEMENTS} random replacements for unreadable example {key} "
+                    "were unreadable too: the data looks broken; check it with "
+                    "tools/make_dataset.py, which reports unreadable images.")
+
+  def _key(self, j: int) -> str:
+    i, ex = self.examples[j]
+    return f"{ex.get('key', '?')} (source {self.components[i].name}, stream position {j})"
+
+
+def _stack(exs: list[dict]) -> dict:
+  keys = set(exs[0])
+  for ex in exs[1:]:
+    if set(ex) != keys:
+      raise ValueError(f"Examples of one batch have different fields: {sorted(keys)} vs "
+                       f"{sorted(ex)}; end every mixture component's pp with the same keep(...).")
+  return {k: np.stack([ex[k] for ex in exs]) for k in exs[0]}
+
+
 def train_dataset(train_cfg, *, batch_size: int, seed: int, context: dict,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                  process_index: int = 0, process_count: int = 1,
+                  on_corrupt: str = "skip") -> grain.MapDataset:
   """Per-process batches of the training stream, as a random-access dataset.
 
-  Element j of the global stream goes to process j % process_count; augmentation is
-  seeded by j, so it does not depend on how many processes read.
+  Element s holds this process's share of global batch s: stream elements
+  s*batch_size + process_index + k*process_count. Every batch carries `_skipped`
+  (local_batch,) bool: True where an unreadable example was replaced.
   """
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes.")
-  source = sources.build(train_cfg)
-  if len(source) == 0:
-    raise ValueError(f"Training source {train_cfg.get('source')}:{train_cfg.get('split')} is empty.")
-  pp = transforms.build(train_cfg.get("pp", ""), **context)
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(lambda ex, rng: _arrays_only(pp(ex, rng)), seed=seed)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds.batch(batch_size // process_count, drop_remainder=True)
+  stream = Stream(train_cfg, seed=seed, context=context, on_corrupt=on_corrupt)
+  local = batch_size // process_count
+
+  def make_batch(s: int) -> dict:
+    pos = s * batch_size + process_index + process_count * np.arange(local)
+    exs, skipped = zip(*(stream.example(int(j)) for j in pos))
+    batch = _stack(list(exs))
+    batch["_skipped"] = np.asarray(skipped, bool)
+    return batch
+
+  return grain.MapDataset.range(_STREAM_LEN // batch_size).map(make_batch)
 
 
 def train_iterator(train_cfg, *, batch_size: int, seed: int, start_step: int, context: dict,
                    workers: int = 0, prefetch: int = 2, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict]:
-  """Iterator over the per-process batches of steps start_step+1, start_step+2, ..."""
+                   process_count: int = 1, on_corrupt: str = "skip",
+                   state: dict | None = None) -> grain.DatasetIterator:
+  """Iterator over the per-process batches of steps start_step+1, start_step+2, ...
+
+  `state` (from `iterator.get_state()`, as saved in a checkpoint) restores the position
+  instead of `start_step`; it must come from the same worker count.
+  """
   ds = train_dataset(train_cfg, batch_size=batch_size, seed=seed, context=context,
-                     process_index=process_index, process_count=process_count)
-  # Few reader threads: examples are small and the machine may have 2 cores.
-  it = ds[start_step:].to_iter_dataset(
-      grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(prefetch, 2)))
+                     process_index=process_index, process_count=process_count,
+                     on_corrupt=on_corrupt)
+  it = (ds if state is not None else ds[start_step:]).to_iter_dataset(
+      # Few reader threads: the machine may have 2 cores, and workers parallelise further.
+      grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=max(prefetch, 2)))
   if workers > 0:
+    # Grain's workers read absl flags; a library caller (tests, notebooks) has parsed none.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                     per_worker_buffer_size=prefetch))
-  return iter(it)
+                                                     per_worker_buffer_size=prefetch),
+                        worker_init_fn=_die_with_parent)
+  it = iter(it)
+  if state is not None:
+    it.set_state(state)
+  return it
+
+
+def _die_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker init: a trainer killed with SIGKILL (preemption, OOM killer) must not
+  leave its workers running, holding memory and the trainer's stdout.
+
+  A watchdog thread, not prctl(PR_SET_PDEATHSIG): that fires when the *thread* that
+  started the worker ends, and grain starts workers from a short-lived thread.
+  """
+  del worker_index, worker_count
+  import os
+  import threading
+  import time
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True, name="bigvl-parent-watchdog").start()
 
 
 def eval_batches(source, pp, batch_size: int, process_index: int = 0,

@@ -90,3 +90,18 @@ def truncated_fraction(tok: Tokenizer, texts: Sequence[str], length: int) -> flo
   if not texts:
     return 0.0
   return sum(len(ids) + 1 > length for ids in tok.sp.encode(texts)) / len(texts)
+
+
+def train_to_file(texts: Sequence[str], path: str, vocab_size: int, model_type: str = "bpe",
+                  text_len: int = 16) -> dict:
+  """Trains on `texts`, saves the model at `path`, and returns what a user checks.
+
+  The result has `vocab_size` (as trained, which may be below the one asked for on few
+  texts), `num_texts` and `truncated_fraction` (texts that do not fit `text_len` tokens).
+  """
+  texts = list(texts)
+  tok = train(texts, vocab_size, model_type)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tok.save(path)
+  return {"path": path, "vocab_size": tok.vocab_size, "num_texts": len(texts),
+          "truncated_fraction": truncated_fraction(tok, texts, text_len)}

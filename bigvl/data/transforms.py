@@ -206,3 +206,157 @@ def keep(*keys):
       raise KeyError(f"pp op keep{keys}: example has no {missing}; it has {sorted(ex)}.")
     return {k: ex[k] for k in keys}
   return op
+
+
+class CorruptImage(ValueError):
+  """An image that cannot be decoded. The loader skips the example (or stops, by config)."""
+
+
+def _to_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
+  if img.ndim == 2:
+    img = img[..., None]
+  if channels is None or img.shape[-1] == channels:
+    return img
+  if channels == 3 and img.shape[-1] == 1:
+    return np.repeat(img, 3, axis=-1)
+  if channels == 3 and img.shape[-1] == 4:
+    return img[..., :3]
+  if channels == 1:
+    return np.round(img[..., :3].astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))[
+        ..., None].astype(img.dtype)
+  raise ValueError(f"Cannot convert an image with {img.shape[-1]} channels to {channels}.")
+
+
+def _open(data: bytes, key: str):
+  """PIL image of encoded bytes, header read (pixels not yet decoded)."""
+  import io
+  from PIL import Image
+  try:
+    return Image.open(io.BytesIO(data))
+  except Exception as e:  # PIL raises several types for unknown/garbled headers.
+    raise CorruptImage(f"cannot open image {key!r}: {type(e).__name__}: {e}") from e
+
+
+def _pil_mode(channels: int | None) -> str | None:
+  return {1: "L", 3: "RGB", None: None}[channels]
+
+
+def _load_pixels(img, key: str, channels: int | None) -> np.ndarray:
+  try:
+    mode = _pil_mode(channels)
+    if mode and img.mode != mode:
+      img = img.convert(mode)
+    return _to_channels(np.asarray(img, np.uint8), channels)
+  except Exception as e:  # Truncated data surfaces only when the pixels are decoded.
+    raise CorruptImage(f"cannot decode image {key!r}: {type(e).__name__}: {e}") from e
+
+
+@OPS.register("decode")
+def decode(channels: int | None = 3, key: str = "image"):
+  """Encoded image bytes (JPEG, PNG, ...) -> uint8 (H, W, channels).
+
+  An already decoded array only gets its channels fixed (grey -> RGB, RGBA -> RGB).
+  Undecodable bytes raise CorruptImage, which the loader turns into a skipped example.
+  """
+  if channels not in (1, 3, None):
+    raise ValueError(f"decode(channels={channels}): valid are 1, 3 or None (as stored).")
+
+  def op(ex, rng):
+    data = ex[key]
+    if isinstance(data, (bytes, bytearray, memoryview)):
+      ex[key] = _load_pixels(_open(bytes(data), ex.get("key", "?")), ex.get("key", "?"), channels)
+    else:
+      ex[key] = _to_channels(np.asarray(data), channels)
+    return ex
+  return op
+
+
+def sample_crop_box(height: int, width: int, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """Inception-style crop (y, x, h, w): area a fraction of the image in `scale`, aspect
+  ratio log-uniform in `ratio`; 10 tries, then the largest centred crop within `ratio`.
+  With `rng=None` (evaluation) the whole image.
+  """
+  if rng is not None:
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+      target = area * rng.uniform(*scale)
+      aspect = np.exp(rng.uniform(*log_ratio))
+      w = int(round(np.sqrt(target * aspect)))
+      h = int(round(np.sqrt(target / aspect)))
+      if 0 < w <= width and 0 < h <= height:
+        return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  aspect = width / height
+  if aspect < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif aspect > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    h, w = height, width
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+@OPS.register("inception_crop")
+def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), key: str = "image"):
+  """Random resized crop (Inception / torchvision RandomResizedCrop) to `size`, bilinear.
+
+  Takes encoded bytes or a decoded array. From bytes it decodes only at the scale the crop
+  needs (JPEG DCT scaling), which is most of this pipeline's speed on large photos; when
+  evaluating it resizes the whole image. Output uint8 (size, size, C).
+  """
+  from PIL import Image
+  h_out, w_out = (size, size) if isinstance(size, int) else size
+
+  def op(ex, rng):
+    data, name = ex[key], ex.get("key", "?")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+      img = _open(bytes(data), name)
+      W, H = img.size
+      y, x, h, w = sample_crop_box(H, W, rng, scale, ratio)
+      # draft() may only shrink by powers of two while keeping the crop >= the output.
+      factor = max(1, min(h // h_out, w // w_out))
+      try:
+        if factor > 1 and img.format == "JPEG":
+          img.draft("RGB", (W // factor, H // factor))
+        sx, sy = img.size[0] / W, img.size[1] / H
+        mode = "RGB" if img.mode not in ("L", "RGB") else img.mode
+        out = img.convert(mode).resize((w_out, h_out), Image.BILINEAR,
+                                       box=(x * sx, y * sy, (x + w) * sx, (y + h) * sy))
+      except CorruptImage:
+        raise
+      except Exception as e:  # Truncated data surfaces only when pixels are decoded.
+        raise CorruptImage(f"cannot decode image {name!r}: {type(e).__name__}: {e}") from e
+      ex[key] = _to_channels(np.asarray(out, np.uint8), None)
+    else:
+      arr = np.asarray(data)
+      y, x, h, w = sample_crop_box(arr.shape[0], arr.shape[1], rng, scale, ratio)
+      if arr.dtype == np.uint8:
+        pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        out = np.asarray(pil.resize((w_out, h_out), Image.BILINEAR, box=(x, y, x + w, y + h)))
+        ex[key] = _to_channels(out, None)
+      else:
+        crop = arr[y:y + h, x:x + w]
+        ex[key] = resize_bilinear(crop, h_out, w_out)
+    return ex
+  return op
+
+
+@OPS.register("resize_small")
+def resize_small(size: int, key: str = "image"):
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio (bilinear)."""
+  def op(ex, rng):
+    img = ex[key]
+    H, W = img.shape[:2]
+    s = size / min(H, W)
+    ex[key] = resize_bilinear(img, max(1, round(H * s)), max(1, round(W * s)))
+    return ex
+  return op
+
+
+@OPS.register("rgb")
+def rgb(key: str = "image"):
+  """Grey (H, W, 1) -> (H, W, 3) by repeating the channel; RGBA drops alpha."""
+  def op(ex, rng):
+    ex[key] = _to_channels(np.asarray(ex[key]), 3)
+    return ex
+  return op
