@@ -202,3 +202,20 @@ def test_inception_crop_boxes_follow_scale_and_ratio():
   assert ratio.min() > 0.7 and ratio.max() < 1.4
   assert all(0 <= y and y + h <= 300 and 0 <= x and x + w <= 400 for y, x, h, w in boxes)
   assert 0.4 < area.mean() < 0.6  # Uniform in [0.08, 1] minus rejected tall/wide draws.
+
+
+def test_feistel_shuffle_is_a_permutation_with_a_new_order_each_epoch():
+  from bigvl.data import shuffle
+  for n in (1, 2, 3, 7, 100, 1000, 4097):
+    orders = [[shuffle.permute(i, n, shuffle.epoch_key(5, e)) for i in range(n)]
+              for e in range(3)]
+    for order in orders:
+      assert sorted(order) == list(range(n))
+    if n > 3:
+      assert orders[0] != orders[1] != orders[2]
+  with pytest.raises(IndexError):
+    shuffle.permute(10, 10, 0)
+  # Roughly uniform: where index 0 lands over many keys covers every position.
+  landing = np.bincount([shuffle.permute(0, 10, shuffle.epoch_key(s, 0)) for s in range(2000)],
+                        minlength=10)
+  assert landing.min() > 140, landing

@@ -3,7 +3,7 @@
 The training stream is a grain MapDataset whose element s is the batch of step s+1, a pure
 function of (config, seed, s):
 
-* examples: each source is shuffled anew every epoch and repeated; a mixture interleaves
+* examples: each source is shuffled anew every epoch (data/shuffle.py) and repeated; a mixture interleaves
   its sources by weight (`grain.MapDataset.mix`), deterministically;
 * element j of the global stream goes to process j % process_count, so each host reads
   only its share, and its augmentation is seeded by (seed, j) whatever the process or
@@ -27,6 +27,7 @@ import numpy as np
 from absl import flags
 
 from bigvl.data import sources, transforms
+from bigvl.data.shuffle import ShuffledRepeat
 
 # A stream position whose replacement draws keep failing means the data is broken, not a
 # few bad files: stop and say so.
@@ -62,7 +63,7 @@ class _Component:
     self.source = sources.build(cfg)
     if len(self.source) == 0:
       raise ValueError(f"Training source {self.name} is empty.")
-    self.examples = grain.MapDataset.source(self.source).shuffle(seed=seed).repeat(None)
+    self.examples = grain.MapDataset.source(ShuffledRepeat(self.source, seed, _STREAM_LEN))
 
 
 class Stream:

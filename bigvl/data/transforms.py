@@ -134,18 +134,31 @@ def flip_lr(key: str = "image"):
   """Random horizontal flip with probability 1/2 (none when evaluating)."""
   def op(ex, rng):
     if rng is not None and rng.random() < 0.5:
-      ex[key] = ex[key][:, ::-1]
+      ex[key] = _flip_lr(np.asarray(ex[key]))
     return ex
   return op
+
+
+def _flip_lr(img: np.ndarray) -> np.ndarray:
+  # A contiguous copy, not a negative-stride view: every later op on a view of a
+  # (H, W, 3) image runs numpy's slow strided path (2-4x slower at 224x224).
+  if img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] in (1, 3):
+    from PIL import Image
+    flat = img[..., 0] if img.shape[-1] == 1 else img
+    out = np.asarray(Image.fromarray(flat).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    return out.reshape(img.shape)
+  return np.ascontiguousarray(img[:, ::-1])
 
 
 @OPS.register("value_range")
 def value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
                 in_max: float = 255.0, key: str = "image"):
   """Maps [in_min, in_max] linearly to [vmin, vmax], as float32."""
+  scale = np.float32((vmax - vmin) / (in_max - in_min))
+  shift = np.float32(vmin - in_min * (vmax - vmin) / (in_max - in_min))
+
   def op(ex, rng):
-    x = np.asarray(ex[key], np.float32)
-    ex[key] = vmin + (x - in_min) * ((vmax - vmin) / (in_max - in_min))
+    ex[key] = _affine(ex[key], scale, shift)
     return ex
   return op
 
@@ -162,12 +175,36 @@ def normalize(stats: str = "imagenet", key: str = "image"):
   """(x / 255 - mean) / std with named statistics: imagenet | clip | siglip."""
   if stats not in NORM_STATS:
     raise ValueError(f"Unknown normalize stats {stats!r}; valid: {sorted(NORM_STATS)}.")
-  mean, std = (np.asarray(s, np.float32) for s in NORM_STATS[stats])
+  mean, std = (np.asarray(s, np.float64) for s in NORM_STATS[stats])
+  # One scale and one shift, in place on the float copy: a third of the memory traffic of
+  # the textbook expression, which matters at 224x224 on a data worker's budget.
+  scale = (1.0 / (255.0 * std)).astype(np.float32)
+  shift = (-mean / std).astype(np.float32)
 
   def op(ex, rng):
-    ex[key] = (np.asarray(ex[key], np.float32) / 255.0 - mean) / std
+    ex[key] = _affine(ex[key], scale, shift)
     return ex
   return op
+
+
+def _affine(img, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+  """float32 img * scale + shift, with per-channel (C,) or scalar scale and shift."""
+  x = np.array(img, np.float32)
+  if x.ndim == 3 and np.ndim(scale) and x.shape[-1] != np.shape(scale)[0]:
+    if x.shape[-1] != 1:
+      raise ValueError(f"Per-channel statistics of {np.shape(scale)[0]} channels for an image "
+                       f"of shape {x.shape}; decode with the matching channels.")
+    x = np.repeat(x, np.shape(scale)[0], axis=-1)  # Grey: the same value in every channel.
+  if x.ndim == 3 and np.ndim(scale):
+    # Broadcasting over a last axis of 3 runs numpy's inner loop 3 elements at a time;
+    # over rows tiled to W*C it runs once per row, several times faster.
+    rows = x.reshape(x.shape[0], -1)
+    rows *= np.tile(scale, x.shape[1])
+    rows += np.tile(shift, x.shape[1])
+  else:
+    x *= scale
+    x += shift
+  return x
 
 
 @OPS.register("choose_text")
@@ -297,14 +334,18 @@ def sample_crop_box(height: int, width: int, rng, scale=(0.08, 1.0), ratio=(3 / 
 
 
 @OPS.register("inception_crop")
-def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), key: str = "image"):
+def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int | None = 3,
+                   key: str = "image"):
   """Random resized crop (Inception / torchvision RandomResizedCrop) to `size`, bilinear.
 
-  Takes encoded bytes or a decoded array. From bytes it decodes only at the scale the crop
-  needs (JPEG DCT scaling), which is most of this pipeline's speed on large photos; when
-  evaluating it resizes the whole image. Output uint8 (size, size, C).
+  Takes encoded bytes (decoded here to `channels`, as `decode` would) or a decoded array.
+  From bytes it decodes only at the scale the crop needs (JPEG DCT scaling), which is most
+  of this pipeline's speed on large photos; when evaluating it resizes the whole image.
+  Output uint8 (size, size, C).
   """
   from PIL import Image
+  if channels not in (1, 3, None):
+    raise ValueError(f"inception_crop(channels={channels}): valid are 1, 3 or None (as stored).")
   h_out, w_out = (size, size) if isinstance(size, int) else size
 
   def op(ex, rng):
@@ -319,9 +360,11 @@ def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), key: str = "im
         if factor > 1 and img.format == "JPEG":
           img.draft("RGB", (W // factor, H // factor))
         sx, sy = img.size[0] / W, img.size[1] / H
-        mode = "RGB" if img.mode not in ("L", "RGB") else img.mode
-        out = img.convert(mode).resize((w_out, h_out), Image.BILINEAR,
-                                       box=(x * sx, y * sy, (x + w) * sx, (y + h) * sy))
+        mode = _pil_mode(channels) or ("RGB" if img.mode not in ("L", "RGB") else img.mode)
+        if img.mode != mode:  # convert() copies even to the same mode.
+          img = img.convert(mode)
+        out = img.resize((w_out, h_out), Image.BILINEAR,
+                         box=(x * sx, y * sy, (x + w) * sx, (y + h) * sy))
       except CorruptImage:
         raise
       except Exception as e:  # Truncated data surfaces only when pixels are decoded.

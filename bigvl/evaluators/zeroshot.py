@@ -38,7 +38,7 @@ class ZeroShot:
     self.ctx = ctx
     self.source = sources.build(dict(source=source, split=split, **source_opts))
     self.class_names = list(class_names or getattr(self.source, "class_names", []) or [])
-    self.templates = list(templates or getattr(self.source, "templates", ["{}"]))
+    self.templates = list(templates or getattr(self.source, "templates", None) or ["{}"])
     if not self.class_names:
       raise ValueError(f"zeroshot on {source}:{split}: the source has no class_names; "
                        "set them in the eval config.")
