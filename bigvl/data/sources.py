@@ -12,6 +12,7 @@ SOURCES = Registry("data source")
 from bigvl.data import digits  # noqa: E402,F401  (registers "digits")
 from bigvl.data import ingest  # noqa: E402,F401  (registers "folder")
 from bigvl.data import shards  # noqa: E402,F401  (registers "shards")
+from bigvl.data import shapes  # noqa: E402,F401  (registers "shapes")
 from bigvl.data import tfds_source  # noqa: E402,F401  (registers "tfds")
 
 

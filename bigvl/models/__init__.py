@@ -1,6 +1,7 @@
 """Model registry: `config.model.name` -> a Flax linen module class."""
 
 from bigvl.registry import Registry
+from bigvl.models.captioner import Captioner, CoCa
 from bigvl.models.text import TextTransformer
 from bigvl.models.two_towers import TwoTowers
 from bigvl.models.vit import ViT
@@ -9,6 +10,8 @@ MODELS = Registry("model")
 MODELS.register("vit")(ViT)
 MODELS.register("text")(TextTransformer)
 MODELS.register("two_towers")(TwoTowers)
+MODELS.register("captioner")(Captioner)
+MODELS.register("coca")(CoCa)
 
 
 def build(model_cfg) -> "nn.Module":

@@ -12,7 +12,7 @@ from bigvl.registry import Registry
 OBJECTIVES = Registry("objective")
 
 # Importing the families registers them.
-from bigvl.objectives import contrastive  # noqa: E402,F401
+from bigvl.objectives import captioning, contrastive  # noqa: E402,F401
 
 
 def build(objective_cfg):

@@ -1,0 +1,146 @@
+"""Evaluators for captioners: generated-caption metrics, and zero-shot classification by
+scoring each class's prompt with the caption likelihood (as CapPa evaluates).
+
+Both need a model with the captioner methods (`captioner`, `coca`; see
+bigvl/models/captioner.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bigvl import decoding
+from bigvl import sharding as sh
+from bigvl.data import loader, sources, transforms
+from bigvl.evaluators import EVALUATORS, caption_metrics
+
+
+class _Indexed:
+  """A source whose examples carry their index (`_index`), to find their references."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return dict(self.source[i], _index=np.int64(i))
+
+
+def _check_captioner(model, what: str) -> None:
+  if not all(hasattr(model, m) for m in ("encode", "decode_step", "caption_logits")):
+    raise ValueError(f"Evaluator {what!r} needs a captioning model (captioner, coca); "
+                     f"config.model is {type(model).__name__}.")
+
+
+def _batches(ctx, source, pp, batch_size):
+  """Global batches of `image`, `_index`, `_mask` over the whole source."""
+  for batch in loader.eval_batches(_Indexed(source), pp, batch_size // ctx.process_count,
+                                   ctx.process_index, ctx.process_count):
+    yield sh.to_global_batch({"image": batch["image"], "index": batch["_index"],
+                              "mask": batch["_mask"]}, ctx.mesh, ctx.rules)
+
+
+def _round_batch(ctx, batch_size: int) -> int:
+  dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
+  return -(-batch_size // dp) * dp
+
+
+@EVALUATORS.register("captioning")
+class CaptioningEval:
+  """Generates a caption for every image of a source and scores it against the source's
+  captions: `exact_match` (the caption equals one of them, up to case and punctuation),
+  `bleu4` and `cider` (CIDEr-D), as in the COCO caption evaluation."""
+
+  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
+               decode: str = "greedy", beam_size: int = 4, max_len: int | None = None,
+               batch_size: int = 256, show: int = 3, **source_opts):
+    _check_captioner(ctx.model, "captioning")
+    if decode not in ("greedy", "beam"):
+      raise ValueError(f"captioning eval: decode={decode!r}; valid: greedy, beam.")
+    self.ctx, self.decode, self.beam_size, self.show = ctx, decode, beam_size, show
+    self.max_len = max_len or ctx.text_len
+    self.source = sources.build(dict(source=source, split=split, **source_opts))
+    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.batch_size = _round_batch(ctx, batch_size)
+    model = ctx.model
+    self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
+
+  def generate(self, params) -> dict[int, str]:
+    """{example index: generated caption} over the whole source."""
+    tok, model = self.ctx.tokenizer, self.ctx.model
+    out = {}
+    for g in _batches(self.ctx, self.source, self.pp, self.batch_size):
+      memory = self._encode(params, g["image"])
+      if self.decode == "greedy":
+        ids, _ = decoding.greedy(model, params, memory, max_len=self.max_len, eos_id=tok.eos_id,
+                                 pad_id=tok.pad_id)
+      else:
+        ids, _ = decoding.beam_search(model, params, memory, beam_size=self.beam_size,
+                                      max_len=self.max_len, eos_id=tok.eos_id, pad_id=tok.pad_id)
+      ids, index, mask = (sh.to_host(x) for x in (ids, g["index"], g["mask"]))
+      for i, seq in zip(index[mask], ids[mask]):
+        out[int(i)] = tok.decode(seq)
+    return out
+
+  def run(self, params) -> dict[str, float]:
+    generated = self.generate(params)
+    order = sorted(generated)
+    candidates = [generated[i] for i in order]
+    references = [list(self.source[i]["texts"]) for i in order]
+    norm = lambda t: caption_metrics.tokenize(t)
+    exact = np.mean([any(norm(c) == norm(r) for r in refs)
+                     for c, refs in zip(candidates, references)])
+    scores = caption_metrics.bleu(candidates, references)
+    if self.show and self.ctx.process_index == 0:
+      for c, refs in list(zip(candidates, references))[:self.show]:
+        print(f"  caption: {c!r}  reference: {refs[0]!r}", flush=True)
+    return {"exact_match": float(exact), "bleu4": scores["bleu4"],
+            "cider": caption_metrics.cider_d(candidates, references)}
+
+
+@EVALUATORS.register("scoring_zeroshot")
+class ScoringZeroShot:
+  """Zero-shot classification with a captioner: each class is scored by the log-likelihood
+  of its prompts given the image (the mean over `templates`), the best class wins."""
+
+  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
+               class_names=None, templates=None, batch_size: int = 256, **source_opts):
+    _check_captioner(ctx.model, "scoring_zeroshot")
+    self.ctx = ctx
+    self.source = sources.build(dict(source=source, split=split, **source_opts))
+    self.class_names = list(class_names or getattr(self.source, "class_names", None) or [])
+    self.templates = list(templates or getattr(self.source, "templates", None) or ["{}"])
+    if not self.class_names:
+      raise ValueError(f"scoring_zeroshot on {source}:{split}: the source has no class_names; "
+                       "set them in the eval config.")
+    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.batch_size = _round_batch(ctx, batch_size)
+    model, tok = ctx.model, ctx.tokenizer
+    prompts = [t.format(c) for c in self.class_names for t in self.templates]
+    self.prompts = tok.encode(prompts, ctx.text_len)
+    self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
+    self._score = jax.jit(lambda p, m, t: decoding.sequence_logprob(
+        model, p, m, t, eos_id=tok.eos_id, pad_id=tok.pad_id))
+
+  def run(self, params) -> dict[str, float]:
+    correct = total = 0
+    replicated = NamedSharding(self.ctx.mesh, P())
+    for g in _batches(self.ctx, self.source, self.pp, self.batch_size):
+      memory = self._encode(params, g["image"])
+      b = memory.shape[0]
+      scores = []
+      for prompt in self.prompts:
+        tokens = jax.make_array_from_process_local_data(
+            replicated, np.repeat(prompt[None], b, axis=0))
+        scores.append(sh.to_host(self._score(params, memory, tokens)))
+      scores = np.stack(scores, 1).reshape(b, len(self.class_names), len(self.templates))
+      pred = scores.mean(-1).argmax(-1)
+      index, mask = sh.to_host(g["index"]), sh.to_host(g["mask"])
+      labels = np.array([int(self.source[int(i)]["label"]) for i in index[mask]])
+      correct += int((pred[mask] == labels).sum())
+      total += int(mask.sum())
+    return {"top1": correct / total}

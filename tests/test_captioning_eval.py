@@ -1,0 +1,69 @@
+"""Captioning evaluators on a small random captioner: they compute what they claim."""
+
+import jax
+import numpy as np
+import pytest
+
+from bigvl import decoding, models, sharding as sh
+from bigvl.data import shapes, tokenizer as tok_lib, transforms
+from bigvl.evaluators import EvalContext, captioning, caption_metrics
+
+TOWER = dict(width=32, depth=1, mlp_dim=64, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def ctx_params():
+  tok = tok_lib.train(shapes.Shapes("train", n=2000).texts(), vocab_size=64)
+  model = models.build(dict(name="captioner", image=dict(patch_size=8, posemb="learn", **TOWER),
+                            decoder=dict(vocab_size=tok.vocab_size, max_len=16, **TOWER)))
+  mesh = sh.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  rules = sh.get_rules("dp")
+  ctx = EvalContext(model=model, tokenizer=tok, text_len=16, mesh=mesh, rules=rules)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32),
+                      np.zeros((1, 16), np.int32))["params"]
+  return ctx, params
+
+
+def test_captioning_eval_scores_the_greedy_captions(ctx_params):
+  ctx, params = ctx_params
+  ev = captioning.CaptioningEval(ctx, source="shapes", split="test", n=40,
+                                 pp="value_range(-1, 1)", batch_size=16, show=0)
+  generated = ev.generate(params)
+  assert sorted(generated) == list(range(40))
+  # The same captions as decoding directly.
+  src = shapes.Shapes("test", n=40)
+  pp = transforms.build("value_range(-1, 1)")
+  images = np.stack([pp(src[i], None)["image"] for i in range(5)])
+  memory = ctx.model.apply({"params": params}, images, method="encode")
+  ids, _ = decoding.greedy(ctx.model, params, memory, max_len=16, eos_id=2)
+  assert [ctx.tokenizer.decode(s) for s in np.asarray(ids)] == [generated[i] for i in range(5)]
+  metrics = ev.run(params)
+  refs = [list(src[i]["texts"]) for i in range(40)]
+  cands = [generated[i] for i in range(40)]
+  assert metrics["bleu4"] == pytest.approx(caption_metrics.bleu(cands, refs)["bleu4"])
+  assert metrics["cider"] == pytest.approx(caption_metrics.cider_d(cands, refs))
+  assert 0.0 <= metrics["exact_match"] <= 1.0
+
+
+def test_scoring_zeroshot_picks_the_most_likely_prompt(ctx_params):
+  ctx, params = ctx_params
+  ev = captioning.ScoringZeroShot(ctx, source="shapes", split="test", task="color", n=24,
+                                  pp="value_range(-1, 1)", batch_size=8)
+  src = shapes.Shapes("test", n=24, task="color")
+  pp = transforms.build("value_range(-1, 1)")
+  images = np.stack([pp(src[i], None)["image"] for i in range(24)])
+  memory = ctx.model.apply({"params": params}, images, method="encode")
+  prompts = [t.format(c) for c in src.class_names for t in src.templates]
+  scores = np.stack([np.asarray(decoding.sequence_logprob(
+      ctx.model, params, memory, np.repeat(ctx.tokenizer.encode(p, 16)[None], 24, 0), eos_id=2))
+      for p in prompts], 1).reshape(24, len(src.class_names), len(src.templates)).mean(-1)
+  labels = np.array([int(src[i]["label"]) for i in range(24)])
+  assert ev.run(params)["top1"] == pytest.approx(np.mean(scores.argmax(1) == labels))
+
+
+def test_captioning_evals_refuse_a_two_tower_model(ctx_params):
+  ctx, _ = ctx_params
+  other = EvalContext(model=models.build(dict(name="vit", patch_size=8, **TOWER)),
+                      tokenizer=ctx.tokenizer, text_len=16, mesh=ctx.mesh, rules=ctx.rules)
+  with pytest.raises(ValueError, match="needs a captioning model"):
+    captioning.CaptioningEval(other, source="shapes", split="test")
