@@ -1,4 +1,5 @@
-"""Metric writers: `metrics.jsonl` (one JSON object per line) and the progress line."""
+"""Metric writers: `metrics.jsonl` (one JSON object per line), TensorBoard event files, and
+the progress line."""
 
 from __future__ import annotations
 
@@ -25,6 +26,56 @@ class JsonlWriter:
     row.update({k: _to_json(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+
+
+class TensorBoardWriter:
+  """Scalars as TensorBoard event files under `logdir` (`tensorboard --logdir WORKDIR`).
+
+  Written with the tensorboard package's own event-file writer and protos, so TensorFlow
+  is not needed. Only the writing process creates files.
+  """
+
+  def __init__(self, logdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._writer = None
+    if enabled:
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      self._writer = EventFileWriter(logdir)
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary_pb2.Summary(value=values)))
+    self._writer.flush()  # A crash must not lose what was logged.
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+class Writers:
+  """Writes every row to all of `writers` (metrics.jsonl and TensorBoard in a run)."""
+
+  def __init__(self, *writers):
+    self.writers = writers
+
+  def write(self, step: int, metrics: dict) -> None:
+    for w in self.writers:
+      w.write(step, metrics)
+
+  def close(self) -> None:
+    for w in self.writers:
+      if hasattr(w, "close"):
+        w.close()
+
+
+def run_writers(workdir: str, enabled: bool = True) -> Writers:
+  """`workdir/metrics.jsonl` and TensorBoard events in `workdir/tensorboard/`."""
+  return Writers(JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled),
+                 TensorBoardWriter(os.path.join(workdir, "tensorboard"), enabled))
 
 
 def _to_json(v):

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import checkpoint as ckpt_lib
 from bigvl import mfu as mfu_lib
-from bigvl import config_lib, metrics as metrics_lib, models, objectives, optim
+from bigvl import config_lib, metrics as metrics_lib, model_card, models, objectives, optim
 from bigvl import sharding as sh
 from bigvl import state as state_lib
 from bigvl import step as step_lib
@@ -192,10 +192,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step_fn, flops = compile_step(config, b, state, state_shardings)
     peak = mfu_lib.peak_tflops(config.peak_tflops)
 
-    writer = metrics_lib.JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+    writer = metrics_lib.run_writers(workdir, enabled=is_main)
     progress = metrics_lib.Progress(config.total_steps, start_step, enabled=is_main)
     it = _train_iterator(config, b, ckpt, start_step)
     last = {}
+    step = start_step
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         batch = sh.to_global_batch(next(it), mesh, rules)
@@ -241,8 +242,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     finally:
       ckpt.wait()
       ckpt.close()
+      writer.close()
       if hasattr(it, "close"):
         it.close()  # Stops grain's worker processes now, not at interpreter exit.
+    if is_main and step == config.total_steps:
+      model_card.write(workdir, config, last, ckpt.latest_step())
   return last
 
 

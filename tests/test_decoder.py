@@ -114,6 +114,7 @@ def test_parallel_prediction_ignores_inputs_and_is_not_causal():
   np.testing.assert_allclose(causal[:, :6], changed[:, :6], atol=1e-6)  # Causal: no peeking.
 
 
+@pytest.mark.slow  # ~50 s of compiling three models' gradients; the demos train all three.
 def test_generative_objectives_give_finite_losses_and_gradients():
   image, text = _inputs()
   batch = {"image": image, "text": text}

@@ -216,6 +216,20 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
   threading.Thread(target=watch, daemon=True, name="bigvl-parent-watchdog").start()
 
 
+class IndexedSource:
+  """`source` whose examples also carry their index as `_index`: evaluators use it to match
+  a batch row (from any process) back to its example."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return dict(self.source[i], _index=np.int64(i))
+
+
 def eval_batches(source, pp, batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict]:
   """Deterministic batches of a whole source, padded to `batch_size`.

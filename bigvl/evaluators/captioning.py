@@ -17,19 +17,6 @@ from bigvl.data import loader, sources, transforms
 from bigvl.evaluators import EVALUATORS, caption_metrics
 
 
-class _Indexed:
-  """A source whose examples carry their index (`_index`), to find their references."""
-
-  def __init__(self, source):
-    self.source = source
-
-  def __len__(self):
-    return len(self.source)
-
-  def __getitem__(self, i):
-    return dict(self.source[i], _index=np.int64(i))
-
-
 def _check_captioner(model, what: str) -> None:
   if not all(hasattr(model, m) for m in ("encode", "decode_step", "caption_logits")):
     raise ValueError(f"Evaluator {what!r} needs a captioning model (captioner, coca); "
@@ -38,8 +25,9 @@ def _check_captioner(model, what: str) -> None:
 
 def _batches(ctx, source, pp, batch_size):
   """Global batches of `image`, `_index`, `_mask` over the whole source."""
-  for batch in loader.eval_batches(_Indexed(source), pp, batch_size // ctx.process_count,
-                                   ctx.process_index, ctx.process_count):
+  for batch in loader.eval_batches(loader.IndexedSource(source), pp,
+                                   batch_size // ctx.process_count, ctx.process_index,
+                                   ctx.process_count):
     yield sh.to_global_batch({"image": batch["image"], "index": batch["_index"],
                               "mask": batch["_mask"]}, ctx.mesh, ctx.rules)
 

@@ -1,0 +1,103 @@
+"""Evaluates a saved checkpoint with its config's evaluators.
+
+    python -m bigvl.eval --workdir DIR [--checkpoint STEP] [--config cfg.py] [--config.k=v ...]
+
+Without --config, the run's own resolved config (`DIR/config.json`) is used, with the
+tokenizer the run cached in DIR. Without --checkpoint, the newest checkpoint. Results are
+printed, written to `DIR/eval_results/step_<STEP>.json`, and are the numbers the training
+loop logs for that step (`eval/<name>/<metric>`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import app, flags
+
+from bigvl import checkpoint as ckpt_lib
+from bigvl import config_lib
+from bigvl import state as state_lib
+from bigvl import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("checkpoint", None, "Step to evaluate; default: the newest checkpoint.")
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `workdir/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"{path} not found: give --config, or a workdir written by "
+                                 "python -m bigvl.train.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> tuple[int, dict[str, float]]:
+  """(step, {"eval/<name>/<metric>": value}) of checkpoint `step` (None: the newest)."""
+  config = config_lib.with_defaults(config)
+  if not config.evals:
+    raise config_lib.ConfigError("config.evals is empty: nothing to evaluate.")
+  b = train._build(config, workdir)
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise config_lib.ConfigError(f"No checkpoint in {ckpt.directory}.")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise config_lib.ConfigError(f"No checkpoint for step {step} in {ckpt.directory}; "
+                                 f"available: {steps}.")
+  mesh, rules = b["mesh"], b["rules"]
+  init = state_lib.init_fn(b["model"], b["objective"], b["tx"], b["batch_spec"])
+  shapes, shardings = state_lib.abstract(init, config.seed, mesh, rules)
+  # Outside the mesh context: there a boxed abstract param would be sharding-constrained.
+  state = ckpt.restore(step, shapes, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    results = {}
+    for name, (evaluator, _) in sorted(b["evals"].items()):
+      results.update({f"eval/{name}/{k}": v for k, v in evaluator.run(state.params).items()})
+  ckpt.close()
+  return step, results
+
+
+def main(argv) -> int:
+  try:
+    spec, overrides, rest = config_lib.split_config_flags(argv)
+    rest = FLAGS(rest)
+    if not FLAGS.workdir:
+      raise app.UsageError("--workdir is required.")
+    if len(rest) > 1:
+      raise app.UsageError(f"Unexpected arguments: {rest[1:]}")
+    config = (config_lib.load_config_file(spec) if spec
+              else load_run_config(FLAGS.workdir))
+    config = config_lib.apply_overrides(config, overrides)
+  except (config_lib.ConfigError, app.UsageError, flags.Error) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  train.init_distributed()
+  try:
+    step, results = evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  if jax.process_index() == 0:
+    out = os.path.join(FLAGS.workdir, "eval_results", f"step_{step}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump({"step": step, **results}, f, indent=1)
+    print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    print(f"Wrote {out}")
+  return 0
+
+
+def run():
+  sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+  run()
