@@ -202,7 +202,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         batch = sh.to_global_batch(next(it), mesh, rules)
         state, m = step_fn(state, batch)
         is_last = step == config.total_steps
-        do_ckpt = is_last or preemption.requested or (
+        # Read once: a SIGTERM arriving later in this iteration must not skip the save and
+        # still end the run (it is then handled after the next step).
+        stop = preemption.requested
+        do_ckpt = is_last or stop or (
             config.checkpoint_every and step % config.checkpoint_every == 0)
         do_eval = {n for n, (_, every) in evals.items()
                    if is_last or (every and step % every == 0)}
@@ -234,7 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if do_ckpt:
           ckpt.save(step, state, config, data_state=dict(
               step=step, workers=config.data.workers, grain=it.get_state()))
-        if preemption.requested:
+        if stop:
           ckpt.wait()
           print(f"SIGTERM: saved checkpoint at step {step} in {ckpt.directory}; exiting. Run the "
                 "same command again to resume.", flush=True)
