@@ -355,7 +355,7 @@ def main(argv) -> int:
   init_distributed()
   try:
     train_and_evaluate(config, FLAGS.workdir)
-  except (config_lib.ConfigError, TrainingError) as e:
+  except (config_lib.ConfigError, TrainingError, loader.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0
