@@ -27,7 +27,7 @@ class EvalContext:
   process_count: int = 1
 
 
-from bigvl.evaluators import captioning, retrieval, zeroshot  # noqa: E402,F401
+from bigvl.evaluators import captioning, probes, retrieval, zeroshot  # noqa: E402,F401
 
 LOOP_KEYS = ("type", "every")
 
