@@ -27,6 +27,13 @@ class EvalContext:
   process_count: int = 1
 
 
+def eval_batch_size(ctx: EvalContext, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the data-parallel size, so batches shard evenly."""
+  from bigvl import sharding as sh
+  dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
+  return -(-batch_size // dp) * dp
+
+
 from bigvl.evaluators import captioning, probes, retrieval, zeroshot  # noqa: E402,F401
 
 LOOP_KEYS = ("type", "every")

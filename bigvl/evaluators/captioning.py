@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bigvl import decoding
 from bigvl import sharding as sh
 from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS, caption_metrics
+from bigvl.evaluators import EVALUATORS, caption_metrics, eval_batch_size
 
 
 def _check_captioner(model, what: str) -> None:
@@ -30,11 +30,6 @@ def _batches(ctx, source, pp, batch_size):
                                    ctx.process_count):
     yield sh.to_global_batch({"image": batch["image"], "index": batch["_index"],
                               "mask": batch["_mask"]}, ctx.mesh, ctx.rules)
-
-
-def _round_batch(ctx, batch_size: int) -> int:
-  dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
-  return -(-batch_size // dp) * dp
 
 
 @EVALUATORS.register("captioning")
@@ -53,7 +48,7 @@ class CaptioningEval:
     self.max_len = max_len or ctx.text_len
     self.source = sources.build(dict(source=source, split=split, **source_opts))
     self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
-    self.batch_size = _round_batch(ctx, batch_size)
+    self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
     self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
 
@@ -106,7 +101,7 @@ class ScoringZeroShot:
       raise ValueError(f"scoring_zeroshot on {source}:{split}: the source has no class_names; "
                        "set them in the eval config.")
     self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
-    self.batch_size = _round_batch(ctx, batch_size)
+    self.batch_size = eval_batch_size(ctx, batch_size)
     model, tok = ctx.model, ctx.tokenizer
     prompts = [t.format(c) for c in self.class_names for t in self.templates]
     self.prompts = tok.encode(prompts, ctx.text_len)

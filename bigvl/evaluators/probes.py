@@ -13,7 +13,7 @@ import numpy as np
 
 from bigvl import sharding as sh
 from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS
+from bigvl.evaluators import EVALUATORS, eval_batch_size
 
 DEFAULT_L2 = tuple(2.0 ** k for k in range(-6, 14, 2))
 
@@ -91,8 +91,7 @@ class _Probe:
     self.train = sources.build(dict(source=source, split=train_split, **source_opts))
     self.test = sources.build(dict(source=source, split=test_split, **source_opts))
     self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
-    dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
-    self.batch_size = -(-batch_size // dp) * dp
+    self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
     self._feature_fn = jax.jit(lambda p, x: _features(model, p, x).astype(jnp.float32))
 

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import sharding as sh
 from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS
+from bigvl.evaluators import EVALUATORS, eval_batch_size
 
 _CHUNK = 1024  # Query rows per similarity block: bounds host memory on 5k x 25k sets.
 
@@ -58,8 +58,7 @@ class Retrieval:
     self.ctx, self.ks = ctx, tuple(ks)
     self.source = sources.build(dict(source=source, split=split, **source_opts))
     self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
-    dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
-    self.batch_size = -(-batch_size // dp) * dp
+    self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
     self._embed_image = jax.jit(lambda p, x: model.apply({"params": p}, x, None, train=False)[0])
     self._embed_text = jax.jit(lambda p, t: model.apply({"params": p}, None, t, train=False)[1])

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import sharding as sh
 from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS
+from bigvl.evaluators import EVALUATORS, eval_batch_size
 
 
 def class_embeddings(text_emb: np.ndarray) -> np.ndarray:
@@ -43,8 +43,7 @@ class ZeroShot:
       raise ValueError(f"zeroshot on {source}:{split}: the source has no class_names; "
                        "set them in the eval config.")
     self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
-    dp = sh.data_parallel_size(ctx.mesh, ctx.rules)
-    self.batch_size = -(-batch_size // dp) * dp  # A multiple of the data-parallel size.
+    self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
     self._embed_image = jax.jit(
         lambda p, x: model.apply({"params": p}, x, None, train=False)[0])
