@@ -161,6 +161,17 @@ def load_params(path: str) -> dict[str, np.ndarray]:
   return out
 
 
+def subtree(loaded: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  """The params under `prefix` ("enc", "teacher/backbone"), with the prefix removed."""
+  prefix = prefix.strip("/")
+  out = {k[len(prefix) + 1:]: v for k, v in loaded.items() if k.startswith(prefix + "/")}
+  if not out:
+    tops = sorted({k.split("/")[0] for k in loaded})
+    raise ValueError(f"config.init_subtree={prefix!r} matches no param of the checkpoint; "
+                     f"its top-level names are {tops}.")
+  return out
+
+
 def merge_params(params, loaded: dict[str, np.ndarray]):
   """Replaces every param of `params` whose path and shape match one in `loaded`.
 

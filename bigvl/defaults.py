@@ -22,6 +22,8 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1      # Micro-batches per step (batch_size / this each); grads are averaged.
   c.peak_tflops = 0.0         # Peak TFLOP/s of one device for train/mfu; 0: from a table by device kind.
   c.init_from = ""            # Params-only start: a workdir or checkpoint dir; matching params load, others stay new.
+  c.init_subtree = ""         # Load only this subtree of init_from's params, as the top level ("enc" of MAE, "teacher/backbone" of DINO).
+  c.init_into = ""            # ... and put it under this subtree of the new params (LiT: "img", the two-tower's image tower).
 
   c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).
   c.objective = ml_collections.ConfigDict()  # name + the objective's own options (see bigvl/objectives).
@@ -38,6 +40,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-4  # Decoupled, applied to params matching wd_pattern.
   c.optimizer.wd_pattern = r".*/kernel$"  # Regex over "/"-joined param paths.
   c.optimizer.grad_clip = 1.0     # Global norm clip; 0 disables.
+  c.optimizer.frozen_pattern = "" # Regex over "/"-joined param paths never updated (LiT: "img/.*").
 
   c.sharding = ml_collections.ConfigDict()
   c.sharding.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices.

@@ -1,6 +1,7 @@
 """Evaluates a saved checkpoint with its config's evaluators.
 
     python -m bigvl.eval --workdir DIR [--checkpoint STEP] [--config cfg.py] [--config.k=v ...]
+    python -m bigvl.eval --workdir DIR --random_init    # The same evaluators on the init params.
 
 Without --config, the run's own resolved config (`DIR/config.json`) is used, with the
 tokenizer the run cached in DIR. Without --checkpoint, the newest checkpoint. Results are
@@ -26,6 +27,10 @@ from bigvl import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("checkpoint", None, "Step to evaluate; default: the newest checkpoint.")
+flags.DEFINE_bool("random_init", False,
+                  "Evaluate the config's randomly initialised params (its seed) instead of a "
+                  "checkpoint: the baseline a probe of a self-supervised run is judged against. "
+                  "Written to eval_results/random_init.json.")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -38,11 +43,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> tuple[int, dict[str, float]]:
-  """(step, {"eval/<name>/<metric>": value}) of checkpoint `step` (None: the newest)."""
-  config = config_lib.with_defaults(config)
-  if not config.evals:
-    raise config_lib.ConfigError("config.evals is empty: nothing to evaluate.")
+def restore(config, workdir: str, step: int | None = None):
+  """(what train._build gives, step, train state) of checkpoint `step` (None: the newest) of
+  the run in `workdir`; `config` has the loop's defaults."""
   b = train._build(config, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   steps = ckpt.all_steps()
@@ -57,12 +60,38 @@ def evaluate(config, workdir: str, step: int | None = None) -> tuple[int, dict[s
   shapes, shardings = state_lib.abstract(init, config.seed, mesh, rules)
   # Outside the mesh context: there a boxed abstract param would be sharding-constrained.
   state = ckpt.restore(step, shapes, shardings)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  ckpt.close()
+  return b, step, state
+
+
+def _run_evals(b, params) -> dict[str, float]:
+  with jax.set_mesh(b["mesh"]), nn.logical_axis_rules(b["rules"]):
     results = {}
     for name, (evaluator, _) in sorted(b["evals"].items()):
-      results.update({f"eval/{name}/{k}": v for k, v in evaluator.run(state.params).items()})
-  ckpt.close()
-  return step, results
+      results.update({f"eval/{name}/{k}": v for k, v in evaluator.run(params).items()})
+  return results
+
+
+def _with_evals(config):
+  config = config_lib.with_defaults(config)
+  if not config.evals:
+    raise config_lib.ConfigError("config.evals is empty: nothing to evaluate.")
+  return config
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> tuple[int, dict[str, float]]:
+  """(step, {"eval/<name>/<metric>": value}) of checkpoint `step` (None: the newest)."""
+  b, step, state = restore(_with_evals(config), workdir, step)
+  return step, _run_evals(b, state.params)
+
+
+def evaluate_random_init(config, workdir: str) -> dict[str, float]:
+  """{"eval/<name>/<metric>": value} of the params the run started from (before step 1)."""
+  config = _with_evals(config)
+  b = train._build(config, workdir)
+  state, _ = state_lib.create(b["model"], b["objective"], b["tx"], b["batch_spec"],
+                              config.seed, b["mesh"], b["rules"])
+  return _run_evals(b, state.params)
 
 
 def main(argv) -> int:
@@ -81,16 +110,21 @@ def main(argv) -> int:
     return 2
   train.init_distributed()
   try:
-    step, results = evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+    if FLAGS.random_init:
+      step, results = "random_init", evaluate_random_init(config, FLAGS.workdir)
+    else:
+      step, results = evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if jax.process_index() == 0:
-    out = os.path.join(FLAGS.workdir, "eval_results", f"step_{step}.json")
+    name = "random_init.json" if FLAGS.random_init else f"step_{step}.json"
+    out = os.path.join(FLAGS.workdir, "eval_results", name)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
       json.dump({"step": step, **results}, f, indent=1)
-    print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    print(f"{step if FLAGS.random_init else f'step {step}'}: " +
+          ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     print(f"Wrote {out}")
   return 0
 

@@ -69,6 +69,14 @@ def write(workdir: str, config, last_metrics: dict, step: int | None) -> str:
       "# Params-only start of another run from these weights:",
       f"python -m bigvl.train --config OTHER.py --workdir NEW --config.init_from={shlex.quote(workdir)}",
   ]
+  if model.get("name") in ("vit", "two_towers"):
+    converted = shlex.quote(workdir + "_converted")
+    lines += [
+        "# As a converted checkpoint (bigvl.convert.load_converted), then a HF directory when",
+        "# the architecture is one HF has (CLIP / SigLIP / ViT layouts):",
+        f"python tools/convert_checkpoint.py from_workdir {shlex.quote(workdir)} {converted}",
+        f"python tools/convert_checkpoint.py to_hf {converted} {shlex.quote(workdir + '_hf')}",
+    ]
   lines += ["```", "", "Command that trained it:", "", "```bash", _command(), "```", ""]
   path = os.path.join(workdir, "README.md")
   with open(path, "w") as f:

@@ -38,8 +38,13 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer (with global-norm clipping and weight-decay mask) and its schedule."""
+def make_optimizer(cfg, total_steps: int, frozen: str = ""
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer (with global-norm clipping and weight-decay mask) and its schedule.
+
+  Params whose path fully matches `cfg.frozen_pattern` or `frozen` (the objective's: DINO's
+  teacher) are never changed by it and get no optimizer state.
+  """
   schedule = make_schedule(cfg, total_steps)
   pattern = re.compile(cfg.wd_pattern)
 
@@ -60,4 +65,13 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     raise ValueError(f"Unknown config.optimizer.name {cfg.name!r}; valid: adamw, sgd, adafactor.")
   if cfg.grad_clip and cfg.grad_clip > 0:
     opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  frozen_re = "|".join(f"(?:{p})" for p in (cfg.get("frozen_pattern", ""), frozen) if p)
+  if frozen_re:
+    frozen_re = re.compile(frozen_re)
+
+    def labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda p, _: "frozen" if frozen_re.fullmatch(path_str(p)) else "train", params)
+    # Outermost, so that frozen params' gradients do not count in the clipping norm.
+    opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
   return opt, schedule

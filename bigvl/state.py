@@ -50,6 +50,8 @@ def init_fn(model: nn.Module, objective, tx: optax.GradientTransformation, batch
     dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_spec)
     params = model.init({"params": params_key, "dropout": dropout_key},
                         *model_inputs(objective, dummy), train=False)["params"]
+    if hasattr(objective, "prepare_params"):  # E.g. DINO's teacher starts as the student.
+      params = objective.prepare_params(params)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=train_key,
                       skipped_steps=zero, nonfinite_step=zero, nonfinite_metric=zero,

@@ -37,6 +37,9 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
                grad_accum_steps: int = 1):
   """Returns (new_state, metrics) with metrics scalars named `train/...`.
 
+  An objective may define `after_update(old_params, new_params, inputs, step) -> params`,
+  applied after the optimizer (`inputs`: what its loss returned as aux["_update"]).
+
   A step whose loss or gradient is not finite changes neither params nor optimizer
   state; it is counted in `skipped_steps`, and the first one is recorded so that the
   loop can stop (config.nonfinite="stop") naming it.
@@ -51,9 +54,16 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
     return objective(model, params, b, rng, train=True)
 
   (loss, aux), grads = _value_and_grad(loss_fn, state.params, batch, grad_accum_steps)
+  aux = dict(aux)
+  # Arrays the objective hands to its own after_update (DINO's batch centre); not metrics.
+  update_inputs = aux.pop("_update", None)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if hasattr(objective, "after_update"):
+    # Updates that are not gradient steps (an EMA teacher, a running centre), from the old
+    # and the new params.
+    params = objective.after_update(state.params, params, update_inputs, state.step)
 
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

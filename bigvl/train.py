@@ -135,8 +135,9 @@ def _build(config, workdir):
       with config.unlocked():
         _fill_vocab_size(config.model, tokenizer.vocab_size)
     model = models.build(config.model)
-    objective = objectives.build(config.objective)
-    tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+    objective = objectives.build(config.objective, config.total_steps)
+    tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps,
+                                        frozen=getattr(objective, "frozen_params", ""))
     context = dict(tokenizer=tokenizer, text_len=config.data.text_len)
     train_ds = loader.train_dataset(config.data.train, batch_size=config.batch_size,
                                     seed=config.seed, context=context,
@@ -181,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if start_step:
       print(f"Resumed from checkpoint step {start_step} in {ckpt.directory}", flush=True)
     elif config.init_from:
-      params, report = ckpt_lib.merge_params(state.params, ckpt_lib.load_params(config.init_from))
+      params, report = _params_from(config, state.params)
       state = state.replace(params=params)
       _print_init_report(config.init_from, report, is_main)
     if is_main:
@@ -294,6 +295,20 @@ def compile_step(config, b, state, state_shardings):
            for k, v in b["batch_spec"].items()}
   compiled = step_fn.lower(state, batch).compile()
   return compiled, mfu_lib.compiled_flops(compiled)
+
+
+def _params_from(config, params):
+  """`params` with those of `config.init_from` (its `init_subtree`, placed under `init_into`)
+  that match by path and shape; (params, report) as checkpoint.merge_params."""
+  loaded = ckpt_lib.load_params(config.init_from)
+  if config.init_subtree:
+    try:
+      loaded = ckpt_lib.subtree(loaded, config.init_subtree)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from e
+  if config.init_into:
+    loaded = {f"{config.init_into.strip('/')}/{k}": v for k, v in loaded.items()}
+  return ckpt_lib.merge_params(params, loaded)
 
 
 def _print_init_report(path, report, is_main):

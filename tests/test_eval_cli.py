@@ -1,6 +1,7 @@
 """`python -m bigvl.eval`, TensorBoard event files and the model card of a finished run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -66,3 +67,8 @@ def test_model_card_names_the_run_its_metrics_and_commands(run_dir):
   assert f"| `eval/zeroshot_digits/top1` | {top1:.4f} |" in card
   assert f"python -m bigvl.eval --workdir {run_dir}" in card
   assert "steps: 120" in card and "digits" in card
+  # The card's convert command runs as written, from the repository root.
+  line = next(l for l in card.splitlines() if "convert_checkpoint.py from_workdir" in l)
+  proc = subprocess.run(line, shell=True, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert os.path.exists(f"{run_dir}_converted/params")

@@ -5,6 +5,8 @@
   # open_clip state dict, with the open_clip model name (or --open_clip_config file.json):
   python tools/convert_checkpoint.py open_clip open_clip_pytorch_model.bin converted/b32 \
       --model ViT-B-32
+  # A bigvl training run (vit or two_towers) -> bigvl converted checkpoint:
+  python tools/convert_checkpoint.py from_workdir workdirs/siglip_digits converted/siglip-digits
   # bigvl two-tower checkpoint -> HF directory that CLIPModel/SiglipModel.from_pretrained loads:
   python tools/convert_checkpoint.py to_hf converted/clip-b32 hf/clip-b32
 
@@ -62,6 +64,15 @@ def parse_args(argv):
   to.add_argument("out")
   to.add_argument("--family", choices=("clip", "siglip"),
                   help="HF class to write; default: siglip for MAP-pooled images, else clip")
+  wd = sub.add_parser("from_workdir", help="a bigvl training run (vit / two_towers) -> bigvl "
+                                           "converted checkpoint (then to_hf)")
+  wd.add_argument("workdir")
+  wd.add_argument("out")
+  wd.add_argument("--step", type=int, help="checkpoint step; default the newest")
+  wd.add_argument("--image_size", type=int, help="default: from the learned position table")
+  wd.add_argument("--image_mean", default="0.5", help="per channel, comma-separated; 0.5 is "
+                  "value_range(-1, 1)")
+  wd.add_argument("--image_std", default="0.5")
   return parser.parse_args(argv)
 
 
@@ -83,6 +94,11 @@ def main(argv=None) -> int:
                                    open_clip_config=args.open_clip_config,
                                    model_config=_model_config(args.model_config),
                                    progress=progress)
+    elif args.command == "from_workdir":
+      floats = lambda text: tuple(float(x) for x in text.split(","))
+      out = convert.from_workdir(args.workdir, args.out, step=args.step,
+                                 image_size=args.image_size, image_mean=floats(args.image_mean),
+                                 image_std=floats(args.image_std), progress=progress)
     else:
       out = convert.to_hf(args.bigvl_dir, args.out, family=args.family, progress=progress)
   except (convert.ConversionError, FileExistsError, FileNotFoundError) as e:

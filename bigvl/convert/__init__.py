@@ -9,9 +9,9 @@ One module per format (hf_clip, hf_siglip, hf_vit, open_clip) lists its tensors'
 layouts; common.py applies them; bigvl_io.py owns the output directory.
 """
 
-from bigvl.convert.api import from_hf, from_open_clip, to_hf, to_hf_state
+from bigvl.convert.api import from_hf, from_open_clip, from_workdir, to_hf, to_hf_state
 from bigvl.convert.bigvl_io import abstract_params, load_converted, load_meta, preprocess
 from bigvl.convert.common import ConversionError
 
-__all__ = ["from_hf", "from_open_clip", "to_hf", "to_hf_state", "abstract_params",
+__all__ = ["from_hf", "from_open_clip", "from_workdir", "to_hf", "to_hf_state", "abstract_params",
            "load_converted", "load_meta", "preprocess", "ConversionError"]

@@ -181,3 +181,67 @@ def to_hf(bigvl_dir: str, out_dir: str, *, family: str | None = None,
     torch_io.write_safetensors(os.path.join(tmp, "model.safetensors"), state, progress)
   progress(f"wrote {os.path.abspath(out_dir)}")
   return os.path.abspath(out_dir)
+
+
+def _image_size_from(params: Mapping[str, np.ndarray], image_prefix: str) -> int | None:
+  """Training image side, from a learned (square) position table and the patch size."""
+  pe = params.get(f"{image_prefix}pos_embedding")
+  kernel = params.get(f"{image_prefix}embedding/kernel")
+  if pe is None or kernel is None:
+    return None
+  side = int(round((pe.shape[1]) ** 0.5))
+  return side * kernel.shape[0] if side * side == pe.shape[1] else None
+
+
+def from_workdir(workdir: str, out_dir: str, *, step: int | None = None,
+                 image_size: int | None = None, image_mean=(0.5,), image_std=(0.5,),
+                 progress: Progress = print) -> str:
+  """Writes a trained `vit` / `two_towers` run's params as a converted checkpoint (which
+  `load_converted` reads and `to_hf` turns into a HF directory).
+
+  Args:
+    workdir: a `python -m bigvl.train` workdir (config.json and checkpoints/).
+    out_dir: the bigvl checkpoint to create (must not exist).
+    step: the checkpoint; default the newest.
+    image_size: the input side; default from the learned position table.
+    image_mean, image_std: what `preprocess` normalises [0, 1] pixels with, one value per
+      channel or one for all; the default (0.5) is the demos' value_range(-1, 1).
+  Returns:
+    The absolute path of `out_dir`; its tokenizer.model is the run's, when it has one.
+  """
+  from bigvl import checkpoint as ckpt_lib  # Loads orbax checkpoints of training runs.
+
+  bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"{cfg_path} not found: {workdir} is not a bigvl training workdir.")
+  with open(cfg_path) as f:
+    config = json.load(f)
+  model_cfg = config["model"]
+  if model_cfg.get("name") not in ("vit", "two_towers"):
+    raise common.ConversionError(f"Converted checkpoints hold vit or two_towers models; this "
+                                 f"run trained {model_cfg.get('name')!r}.")
+  path = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
+  progress(f"reading {path}")
+  params = ckpt_lib.load_params(path)
+  prefix = "img/" if model_cfg["name"] == "two_towers" else ""
+  image_size = image_size or _image_size_from(params, prefix)
+  if not image_size:
+    raise common.ConversionError("Cannot tell the image size (no learned position table): "
+                                 "give image_size (--image_size).")
+  channels = int(params[f"{prefix}embedding/kernel"].shape[2])
+  widen = lambda v: [float(x) for x in (list(v) * channels if len(v) == 1 else v)]
+  meta = dict(image_size=int(image_size), channels=channels,
+              text_len=int(config.get("data", {}).get("text_len") or 0) or None,
+              image_mean=widen(image_mean), image_std=widen(image_std),
+              source=os.path.abspath(workdir), format="bigvl")
+  expected = bigvl_io.abstract_params(model_cfg, meta)
+  for key, shape in expected.items():
+    if key not in params or tuple(params[key].shape) != shape:
+      got = tuple(params[key].shape) if key in params else "missing"
+      raise common.ConversionError(f"{workdir}: parameter {key} is {got}, the run's model "
+                                   f"config builds {shape}.")
+  params = {k: np.asarray(v, np.float32) for k, v in params.items() if k in expected}
+  tokenizer = os.path.join(workdir, "tokenizer.model")
+  extra = {"tokenizer.model": tokenizer} if os.path.exists(tokenizer) else {}
+  return bigvl_io.save_converted(out_dir, model_cfg, params, meta, progress, extra)

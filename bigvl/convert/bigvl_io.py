@@ -64,7 +64,8 @@ def _abstract_params(model_cfg_json: str, inputs: tuple[int, int, int]) -> tuple
 
 
 def save_converted(out_dir: str, model_cfg: Mapping[str, Any], params: Mapping[str, np.ndarray],
-                   meta: Mapping[str, Any], progress: Callable[[str], None] = print) -> str:
+                   meta: Mapping[str, Any], progress: Callable[[str], None] = print,
+                   extra_files: Mapping[str, str] | None = None) -> str:
   """Writes the converted checkpoint `out_dir` atomically (see `atomic_dir`).
 
   Args:
@@ -72,6 +73,7 @@ def save_converted(out_dir: str, model_cfg: Mapping[str, Any], params: Mapping[s
     model_cfg: bigvl model config (JSON-serialisable).
     params: flat {path: array} as `common.apply_rules` returns.
     meta: see the module docstring.
+    extra_files: {name in out_dir: path to copy there} (a tokenizer).
   Returns:
     The absolute output directory.
   """
@@ -82,6 +84,8 @@ def save_converted(out_dir: str, model_cfg: Mapping[str, Any], params: Mapping[s
     checkpointer.wait_until_finished()
     _write_json(os.path.join(tmp, CONFIG_FILE), model_cfg)
     _write_json(os.path.join(tmp, META_FILE), meta)
+    for name, src in (extra_files or {}).items():
+      shutil.copy(src, os.path.join(tmp, name))
   return os.path.abspath(out_dir)
 
 

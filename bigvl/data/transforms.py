@@ -403,3 +403,68 @@ def rgb(key: str = "image"):
     ex[key] = _to_channels(np.asarray(ex[key]), 3)
     return ex
   return op
+
+
+def photometric(img: np.ndarray, rng, jitter: float, blur: float, solarize: float):
+  """DINO-style photometric augmentation of a uint8 (H, W, C) image: brightness and contrast
+  each scaled by a factor in [1 - jitter, 1 + jitter]; Gaussian blur (sigma 0.1-2 pixels of
+  a 224-pixel image, scaled to this one) with probability `blur`; solarisation (pixels above
+  128 inverted) with probability `solarize`."""
+  x = img.astype(np.float32)
+  if jitter:
+    x = x * rng.uniform(1 - jitter, 1 + jitter)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(1 - jitter, 1 + jitter) + mean
+  if blur and rng.random() < blur:
+    from PIL import Image, ImageFilter
+    sigma = rng.uniform(0.1, 2.0) * max(img.shape[:2]) / 224
+    chans = [np.asarray(Image.fromarray(np.clip(x[..., c], 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(sigma)), np.float32) for c in range(x.shape[-1])]
+    x = np.stack(chans, axis=-1)
+  x = np.clip(np.round(x), 0, 255)
+  if solarize and rng.random() < solarize:
+    x = np.where(x >= 128, 255 - x, x)
+  return x.astype(np.uint8)
+
+
+@OPS.register("multi_crop")
+def multi_crop(global_size, local_size, num_global: int = 2, num_local: int = 6,
+               global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), flip: bool = True,
+               jitter: float = 0.0, blur: float = 0.0, solarize: float = 0.0,
+               channels: int | None = 3, key: str = "image"):
+  """DINO's multi-crop: `num_global` random resized crops of `global_size` and `num_local`
+  of `local_size`, each independently flipped (with `flip`) and given `photometric`
+  augmentation (`jitter`, `blur`, `solarize`; all off by default).
+
+  Writes `crops_global` (num_global, G, G, C) and `crops_local` (num_local, L, L, C) uint8
+  (no `crops_local` when num_local=0) and drops `key`. Takes bytes or a decoded array.
+  """
+  if num_global < 1:
+    raise ValueError(f"multi_crop(num_global={num_global}) needs at least one global crop.")
+  decoder = decode(channels, key=key)
+  crop_g = inception_crop(global_size, scale=global_scale, channels=None, key="_crop")
+  crop_l = inception_crop(local_size, scale=local_scale, channels=None, key="_crop")
+
+  def crops(img, name, crop_op, n, rng):
+    out = []
+    for _ in range(n):
+      c = crop_op({"_crop": img, "key": name}, rng)["_crop"]
+      if rng is not None:
+        if flip and rng.random() < 0.5:
+          c = _flip_lr(c)
+        if jitter or blur or solarize:
+          c = photometric(c, rng, jitter, blur, solarize)
+      out.append(c)
+    return np.stack(out)
+
+  def op(ex, rng):
+    if isinstance(ex[key], (bytes, bytearray, memoryview)):
+      ex = decoder(ex, rng)
+    img, name = np.asarray(ex.pop(key)), ex.get("key", "?")
+    if img.dtype != np.uint8:
+      raise ValueError(f"multi_crop takes uint8 images (before value_range); got {img.dtype}.")
+    ex["crops_global"] = crops(img, name, crop_g, num_global, rng)
+    if num_local:
+      ex["crops_local"] = crops(img, name, crop_l, num_local, rng)
+    return ex
+  return op

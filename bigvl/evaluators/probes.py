@@ -1,8 +1,9 @@
 """Evaluators on frozen image features: few-shot / linear probe by closed-form regularised
 least squares (as big_vision's few-shot evaluator), and k-nearest neighbours.
 
-Features: a two-tower model's normalised image embedding; a ViT's pooled features
-(`pre_logits`); a captioner's mean image token.
+Features: a model's `embed_image` when it has one (MAE, SimMIM: mean encoder token; DINO:
+the teacher backbone's pooled features); a two-tower model's normalised image embedding; a
+ViT's pooled features (`pre_logits`); a captioner's mean image token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ DEFAULT_L2 = tuple(2.0 ** k for k in range(-6, 14, 2))
 
 
 def _features(model, params, images):
+  if hasattr(model, "embed_image"):  # Image-only models (MAE, SimMIM, DINO) say what to probe.
+    return model.apply({"params": params}, images, method="embed_image")
   if hasattr(model, "encode"):  # Captioner / CoCa: the image tokens the decoder reads.
     return model.apply({"params": params}, images, method="encode").mean(axis=1)
   out = model.apply({"params": params}, images, None, train=False) \

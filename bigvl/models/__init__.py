@@ -2,6 +2,8 @@
 
 from bigvl.registry import Registry
 from bigvl.models.captioner import Captioner, CoCa
+from bigvl.models.dino import Dino
+from bigvl.models.masked_image import MAE, SimMIM
 from bigvl.models.text import TextTransformer
 from bigvl.models.two_towers import TwoTowers
 from bigvl.models.vit import ViT
@@ -12,6 +14,9 @@ MODELS.register("text")(TextTransformer)
 MODELS.register("two_towers")(TwoTowers)
 MODELS.register("captioner")(Captioner)
 MODELS.register("coca")(CoCa)
+MODELS.register("mae")(MAE)
+MODELS.register("simmim")(SimMIM)
+MODELS.register("dino")(Dino)
 
 
 def build(model_cfg) -> "nn.Module":

@@ -68,22 +68,23 @@ class TwoTowers(nn.Module):
     if self.bias_init is not None:
       self.b = self.param("b", nn.initializers.constant(self.bias_init), (1,))
 
-  def _embed(self, tower, proj, x, prefix: str, extras: dict, train: bool):
+  def _embed(self, tower, proj, x, prefix: str, extras: dict, train: bool, **kw):
     """One tower -> optional projection -> L2-normalised float32 (b, d); extras get `prefix/...`."""
-    feats, ex = tower(x, train=train)
+    feats, ex = tower(x, train=train, **kw)
     extras.update({f"{prefix}/{k}": v for k, v in ex.items()})
     if proj is not None:
       feats = proj(feats)
     return _l2_normalize(feats.astype(jnp.float32))
 
-  def __call__(self, image=None, text=None, *, train: bool = False):
+  def __call__(self, image=None, text=None, *, train: bool = False, image_keep=None):
+    """`image_keep` (b, k): indices of the patches the image tower encodes (FLIP)."""
     extras: dict[str, Any] = {"t": jnp.exp(self.log_t[0])}
     if self.bias_init is not None:
       extras["b"] = self.b[0]
     zimg = ztxt = None
     if image is not None:
       zimg = self._embed(self.img, self.img_proj if self.embed_dim else None, image, "img",
-                         extras, train)
+                         extras, train, **({} if image_keep is None else {"keep": image_keep}))
     if text is not None:
       ztxt = self._embed(self.txt, self.txt_proj if self.embed_dim else None, text, "txt",
                          extras, train)

@@ -5,14 +5,49 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bigvl import sharding as sh
 from bigvl.models import layers, sizes
 
 
+def patch_size(vit_opts: dict) -> int:
+  """The patch size of a ViT with options `vit_opts` (its variant's, or `patch_size`)."""
+  o = dict(vit_opts or {})
+  return sizes.resolve(o.get("variant"), width=o.get("width"), depth=o.get("depth"),
+                       mlp_dim=o.get("mlp_dim"), num_heads=o.get("num_heads"),
+                       patch_size=o.get("patch_size"))["patch_size"]
+
+
+def patch_grid(vit_opts: dict, image_shape) -> tuple[int, int]:
+  """(rows, cols) of patches a ViT with options `vit_opts` cuts an image of (.., h, w, c) into."""
+  p = patch_size(vit_opts)
+  return image_shape[-3] // p, image_shape[-2] // p
+
+
+def resize_posemb(pe, h: int, w: int):
+  """Learned (1, n, d) position embedding of a square grid -> (1, h*w, d), bilinear.
+
+  Lets a ViT trained at one resolution run at another (DINO's local crops, fine-tuning
+  at a higher resolution).
+  """
+  n = pe.shape[1]
+  side = int(round(n ** 0.5))
+  if side * side != n:
+    raise ValueError(f"Cannot resize a learned position embedding of {n} positions to a "
+                     f"{h}x{w} grid: it is not a square grid.")
+  grid = pe.reshape(side, side, pe.shape[-1])
+  return jax.image.resize(grid, (h, w, pe.shape[-1]), "bilinear").reshape(1, h * w, -1)
+
+
 class ViT(nn.Module):
   """images (b, h, w, c) -> (out, extras).
+
+  Token dropping (MAE, FLIP): `keep` (b, k) int indices of the patches to encode; the
+  encoder sees only those k tokens (after their position embedding; a class token is
+  added after). SimMIM: `mask` (b, n) bool, True where a patch is replaced by a learned
+  mask token before the encoder.
 
   `out` is the head's logits when `num_classes` is set, else the pooled features:
   (b, width), or (b, rep_size) with `rep_size`, or (b, n, width) with pool="none".
@@ -56,7 +91,7 @@ class ViT(nn.Module):
                          num_heads=self.num_heads, patch_size=self.patch_size)
 
   @nn.compact
-  def __call__(self, image, *, train: bool = False):
+  def __call__(self, image, *, train: bool = False, keep=None, mask=None):
     d = self.dims()
     width, p = d["width"], d["patch_size"]
     if image.shape[1] < p or image.shape[2] < p:
@@ -74,11 +109,28 @@ class ViT(nn.Module):
                     image.astype(self.dtype))
     b, h, w, _ = x.shape
     x = x.reshape(b, h * w, width)
+    if mask is not None:
+      if mask.shape != (b, h * w):
+        raise ValueError(f"ViT mask has shape {mask.shape}; expected (batch, patches) = "
+                         f"{(b, h * w)}.")
+      mask_token = self.param("mask_token", layers.logical(nn.initializers.normal(0.02),
+                                                           (None, None, sh.EMBED)),
+                              (1, 1, width))
+      x = jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
     if self.posemb == "learn":
       n_pos = h * w + int(self.cls_posemb)
-      pe = self.param("pos_embedding",
-                      layers.logical(nn.initializers.normal(width ** -0.5),
-                                     (None, sh.LENGTH, sh.EMBED)), (1, n_pos, width))
+      if self.has_variable("params", "pos_embedding"):
+        # Read as stored: self.param would insist on this call's grid size.
+        pe = nn.unbox(self.get_variable("params", "pos_embedding"))
+      else:
+        pe = self.param("pos_embedding",
+                        layers.logical(nn.initializers.normal(width ** -0.5),
+                                       (None, sh.LENGTH, sh.EMBED)), (1, n_pos, width))
+      if pe.shape[1] != n_pos:   # Another resolution than at init.
+        if self.cls_posemb:
+          pe = jnp.concatenate([pe[:, :1], resize_posemb(pe[:, 1:], h, w)], axis=1)
+        else:
+          pe = resize_posemb(pe, h, w)
     elif self.posemb == "sincos2d":
       pe = layers.posemb_sincos_2d(h, w, width)
     else:
@@ -88,11 +140,16 @@ class ViT(nn.Module):
                        (1, 1, width))
       cls = jnp.tile(cls, (b, 1, 1)).astype(x.dtype)
     if self.cls_posemb:
-      x = jnp.concatenate([cls, x], axis=1) + pe.astype(x.dtype)
-    else:
-      x = x + pe.astype(x.dtype)
-      if self.pool == "cls":
-        x = jnp.concatenate([cls, x], axis=1)
+      cls = cls + pe[:, :1].astype(x.dtype)
+      pe = pe[:, 1:]
+    x = x + pe.astype(x.dtype)
+    if keep is not None:
+      if keep.ndim != 2 or keep.shape[0] != b:
+        raise ValueError(f"ViT keep has shape {keep.shape}; expected (batch, kept patches) "
+                         f"with batch {b}.")
+      x = jnp.take_along_axis(x, keep[..., None].astype(jnp.int32), axis=1)
+    if self.pool == "cls":
+      x = jnp.concatenate([cls, x], axis=1)
     if self.pre_norm:
       x = layers.layer_norm(self.ln_eps, "pre_norm", self.dtype)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)

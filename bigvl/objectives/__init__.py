@@ -7,16 +7,25 @@ of its arguments. Register a new one with `@OBJECTIVES.register("name")`, or poi
 `config.objective.name` at `"your.module:YourObjective"`.
 """
 
-from bigvl.registry import Registry
+from bigvl.registry import Registry, accepted_kwargs
 
 OBJECTIVES = Registry("objective")
 
 # Importing the families registers them.
-from bigvl.objectives import captioning, contrastive  # noqa: E402,F401
+from bigvl.objectives import (  # noqa: E402,F401
+    captioning, classification, contrastive, dino, masked_image)
 
 
-def build(objective_cfg):
+def build(objective_cfg, total_steps: int | None = None):
+  """The objective named `objective_cfg.name`, built with its other keys. One that takes a
+  `total_steps` option (a schedule of its own, e.g. DINO's teacher momentum) gets the run's
+  unless the config sets it."""
   cfg = objective_cfg.to_dict() if hasattr(objective_cfg, "to_dict") else dict(objective_cfg)
   if "name" not in cfg:
     raise ValueError("config.objective.name is not set; valid: " + ", ".join(OBJECTIVES.names()))
-  return OBJECTIVES.build(cfg.pop("name"), **cfg)
+  name = cfg.pop("name")
+  accepted = accepted_kwargs(OBJECTIVES.get(name))
+  if total_steps is not None and "total_steps" not in cfg and accepted and \
+      "total_steps" in accepted:
+    cfg["total_steps"] = total_steps
+  return OBJECTIVES.build(name, **cfg)

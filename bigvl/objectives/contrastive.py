@@ -15,7 +15,9 @@ import jax
 from bigvl import sharding
 from bigvl.kernels.contrastive_loss import IMPLS as LOSS_IMPLS
 from bigvl.kernels.contrastive_loss import sigmoid_loss, softmax_loss
+from bigvl.models.vit import patch_grid
 from bigvl.objectives import OBJECTIVES, chunked
+from bigvl.objectives.masking import num_kept, random_keep
 
 __all__ = ["Clip", "Siglip", "sigmoid_loss", "softmax_loss"]
 
@@ -25,9 +27,22 @@ def _check_impl(loss_impl: str) -> None:
     raise ValueError(f"Unknown config.objective.loss_impl {loss_impl!r}; valid: {LOSS_IMPLS}.")
 
 
-def _embed(model, params, batch, rng, train):
+def _check_ratio(ratio: float) -> None:
+  if ratio:
+    num_kept(1_000_000, ratio)
+
+
+def _embed(model, params, batch, rng, train, image_mask_ratio: float = 0.0):
+  """(zimg, ztxt, extras); with `image_mask_ratio` (FLIP, training only) the image tower
+  encodes a random (1 - ratio) of each image's patches."""
+  kw = {}
+  if image_mask_ratio and train:
+    rng, mask_rng = jax.random.split(rng)
+    image = batch["image"]
+    gh, gw = patch_grid(model.image, image.shape)
+    kw["image_keep"], _ = random_keep(mask_rng, image.shape[0], gh * gw, image_mask_ratio)
   return model.apply({"params": params}, batch["image"], batch["text"], train=train,
-                     rngs={"dropout": rng})
+                     rngs={"dropout": rng}, **kw)
 
 
 @OBJECTIVES.register("clip")
@@ -35,12 +50,14 @@ def _embed(model, params, batch, rng, train):
 class Clip:
   """CLIP softmax contrastive loss. Batch: `image` (b,h,w,c), `text` (b,l)."""
   loss_impl: str = "xla"   # "xla": dense logits | "pallas": blockwise kernel, no (b, b) buffer.
+  image_mask_ratio: float = 0.0  # FLIP: drop this fraction of image patches when training.
 
   def __post_init__(self):
     _check_impl(self.loss_impl)
+    _check_ratio(self.image_mask_ratio)
 
   def __call__(self, model, params, batch, rng, train: bool = True):
-    zimg, ztxt, extras = _embed(model, params, batch, rng, train)
+    zimg, ztxt, extras = _embed(model, params, batch, rng, train, self.image_mask_ratio)
     loss = softmax_loss(zimg, ztxt, extras["t"], impl=self.loss_impl)
     return loss, {"t": extras["t"]}
 
@@ -53,12 +70,14 @@ class Siglip:
   # True: across devices, the ring of text chunks of the SigLIP paper (no device holds the
   # (b, b) logits; bigvl.objectives.chunked). Same loss; dense on one device.
   chunked: bool = False
+  image_mask_ratio: float = 0.0  # FLIP: drop this fraction of image patches when training.
 
   def __post_init__(self):
     _check_impl(self.loss_impl)
+    _check_ratio(self.image_mask_ratio)
 
   def __call__(self, model, params, batch, rng, train: bool = True):
-    zimg, ztxt, extras = _embed(model, params, batch, rng, train)
+    zimg, ztxt, extras = _embed(model, params, batch, rng, train, self.image_mask_ratio)
     if "b" not in extras:
       raise ValueError("The siglip objective needs a model with a learned bias: "
                        "set config.model.bias_init (SigLIP uses -10).")

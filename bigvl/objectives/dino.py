@@ -1,0 +1,100 @@
+"""DINO self-distillation. Batch: `crops_global` (b, n_global, H, W, c) and optionally
+`crops_local` (b, n_local, h, w, c), as the `multi_crop` transform makes them. Model: `dino`.
+
+The loss is the cross-entropy between the teacher's sharpened, centred distribution on each
+global crop and the student's on every other crop. The teacher gets no gradient: its params
+and the centre are frozen to the optimizer (`frozen_params`) and moved by `after_update`:
+teacher <- m * teacher + (1 - m) * student, with m following a cosine from
+`teacher_momentum` to 1 over the run; centre <- c * centre + (1 - c) * mean teacher output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigvl.objectives import OBJECTIVES
+
+
+def teacher_momentum(step, base: float, total_steps: int):
+  """Cosine schedule from `base` at step 0 to 1 at `total_steps`."""
+  frac = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+  return 1.0 - (1.0 - base) * (jnp.cos(math.pi * frac) + 1.0) / 2.0
+
+
+def _crop_major(crops):
+  """(b, n, h, w, c) -> (n * b, h, w, c), all first crops, then all second crops, ..."""
+  return crops.swapaxes(0, 1).reshape((-1,) + crops.shape[2:])
+
+
+def _ema(old, new, m):
+  return jax.tree.map(lambda o, n: m * o + (1.0 - m) * n, old, new)
+
+
+@OBJECTIVES.register("dino")
+@dataclasses.dataclass(frozen=True)
+class Dino:
+  student_temp: float = 0.1
+  teacher_temp: float = 0.04
+  teacher_momentum: float = 0.996     # At step 0; cosine to 1 at total_steps.
+  center_momentum: float = 0.9
+  total_steps: int = 0                # Of the momentum schedule; the run's when not set.
+
+  frozen_params: ClassVar[str] = r"teacher/.*|center"
+
+  def __post_init__(self):
+    for name in ("teacher_momentum", "center_momentum"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"config.objective.{name}={getattr(self, name)} must be in [0, 1].")
+    if self.student_temp <= 0 or self.teacher_temp <= 0:
+      raise ValueError("config.objective.student_temp and teacher_temp must be > 0.")
+
+  def init_inputs(self, batch):
+    return (batch["crops_global"][:, 0],)
+
+  def prepare_params(self, params):
+    """The teacher starts as a copy of the student."""
+    return {**params, "teacher": jax.tree.map(lambda x: x, params["student"])}
+
+  def __call__(self, model, params, batch, rng, train: bool = True):
+    if "crops_global" not in batch:
+      raise ValueError("The dino objective needs batches with `crops_global` (and optionally "
+                       "`crops_local`): put multi_crop(...) in config.data.train.pp.")
+    apply = lambda x, **kw: model.apply({"params": params}, x, **kw)
+    glob = _crop_major(batch["crops_global"])
+    n_global, b = batch["crops_global"].shape[1], batch["crops_global"].shape[0]
+    student = [apply(glob, train=train, rngs={"dropout": rng})]
+    if "crops_local" in batch:
+      student.append(apply(_crop_major(batch["crops_local"]), train=train,
+                           rngs={"dropout": jax.random.fold_in(rng, 1)}))
+    student = jnp.concatenate(student).astype(jnp.float32)
+    student = jax.nn.log_softmax(student / self.student_temp, axis=-1)
+    student = student.reshape((-1, b) + student.shape[1:])          # (crops, b, K)
+
+    teacher = jax.lax.stop_gradient(apply(glob, teacher=True).astype(jnp.float32))
+    center = jax.lax.stop_gradient(nn.unbox(params["center"]))
+    t_probs = jax.nn.softmax((teacher - center) / self.teacher_temp, axis=-1)
+    t_probs = t_probs.reshape((n_global, b) + t_probs.shape[1:])
+
+    total, terms = 0.0, 0
+    for i in range(n_global):
+      for v in range(student.shape[0]):
+        if v != i:   # The student never sees the teacher's own view.
+          total += -jnp.mean(jnp.sum(t_probs[i] * student[v], axis=-1))
+          terms += 1
+    loss = total / terms
+    entropy = -jnp.mean(jnp.sum(t_probs * jnp.log(t_probs + 1e-12), axis=-1))
+    return loss, {"teacher_entropy": entropy,
+                  "_update": {"center": jnp.mean(teacher, axis=0)}}
+
+  def after_update(self, old_params, new_params, inputs, step):
+    m = teacher_momentum(step, self.teacher_momentum, self.total_steps)
+    c = self.center_momentum
+    return {**new_params,
+            "teacher": _ema(old_params["teacher"], new_params["student"], m),
+            "center": _ema(old_params["center"], inputs["center"], c)}

@@ -1,0 +1,149 @@
+"""DINO: no gradient reaches the teacher, the EMA and the centre update against NumPy,
+multi-crop batches, and the optimizer keeping off frozen params."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from bigvl import models, objectives, optim, state as state_lib, step as step_lib
+from bigvl.data import digits, transforms
+from bigvl.objectives.dino import teacher_momentum
+
+BACKBONE = dict(width=32, depth=1, mlp_dim=64, num_heads=4, patch_size=4, pool="gap")
+
+
+def _setup(total_steps=100, **obj):
+  model = models.build(dict(name="dino", backbone=BACKBONE, out_dim=64, hidden_dim=32,
+                            bottleneck_dim=16))
+  objective = objectives.build(dict(name="dino", **obj), total_steps)
+  rng = np.random.default_rng(0)
+  batch = {"crops_global": jnp.asarray(rng.normal(size=(4, 2, 16, 16, 1)), jnp.float32),
+           "crops_local": jnp.asarray(rng.normal(size=(4, 3, 8, 8, 1)), jnp.float32)}
+  return model, objective, batch
+
+
+def _optimizer(objective, total_steps=100):
+  cfg = ml_collections.ConfigDict(dict(
+      name="adamw", lr=1e-2, schedule="constant", warmup_steps=0, min_lr_ratio=0.0, b1=0.9,
+      b2=0.999, weight_decay=0.1, wd_pattern=r".*/kernel$", grad_clip=1.0, frozen_pattern=""))
+  return optim.make_optimizer(cfg, total_steps, frozen=objective.frozen_params)
+
+
+def _state(model, objective, batch, tx):
+  spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  init = state_lib.init_fn(model, objective, tx, spec)
+  return jax.jit(init)(jax.random.PRNGKey(0))
+
+
+def _np(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), nn.unbox(tree))
+
+
+def test_teacher_starts_as_the_student_and_gets_no_gradient():
+  model, objective, batch = _setup()
+  tx, _ = _optimizer(objective)
+  state = _state(model, objective, batch, tx)
+  params = state.params
+  jax.tree.map(np.testing.assert_array_equal, _np(params["teacher"]), _np(params["student"]))
+  grads = jax.jit(jax.grad(lambda p: objective(model, p, batch, jax.random.PRNGKey(1))[0]))(
+      params)
+  for leaf in jax.tree.leaves(nn.unbox(grads["teacher"])) + [nn.unbox(grads["center"])]:
+    assert not np.any(np.asarray(leaf))
+  # ... while the student does learn from the same loss.
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(nn.unbox(grads["student"])))
+  # The optimizer holds no state for the frozen teacher: only the student's moments.
+  n_student = sum(x.size for x in jax.tree.leaves(nn.unbox(params["student"])))
+  n_moments = sum(x.size for x in jax.tree.leaves(nn.unbox(state.opt_state))
+                  if hasattr(x, "size") and x.ndim > 0)
+  assert n_moments == 2 * n_student
+
+
+def test_teacher_ema_and_centre_match_numpy():
+  model, objective, batch = _setup(total_steps=100, teacher_momentum=0.9,
+                                   center_momentum=0.8)
+  tx, schedule = _optimizer(objective)
+  state = _state(model, objective, batch, tx)
+  # A few steps first, so that teacher, student and centre all differ.
+  step = jax.jit(lambda s, b: step_lib.train_step(s, b, model=model, objective=objective,
+                                                  tx=tx, schedule=schedule))
+  for _ in range(3):
+    state, _ = step(state, batch)
+  old = _np(state.params)
+  glob = np.asarray(batch["crops_global"]).swapaxes(0, 1).reshape(8, 16, 16, 1)
+  teacher_out = np.asarray(model.apply({"params": state.params}, glob, teacher=True),
+                           np.float64)
+  k = int(state.step)
+  new_state, _ = step(state, batch)
+  new = _np(new_state.params)
+
+  m = 1 - (1 - 0.9) * (np.cos(np.pi * k / 100) + 1) / 2
+  expected = jax.tree.map(lambda t, s: m * t + (1 - m) * s, old["teacher"], new["student"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
+               new["teacher"], expected)
+  np.testing.assert_allclose(new["center"], 0.8 * old["center"] + 0.2 * teacher_out.mean(0),
+                             rtol=0, atol=1e-6)
+  assert not np.allclose(new["teacher"]["backbone"]["embedding"]["kernel"],
+                         old["teacher"]["backbone"]["embedding"]["kernel"])
+
+
+def test_momentum_schedule_is_a_cosine_to_one():
+  np.testing.assert_allclose(teacher_momentum(0, 0.996, 1000), 0.996, rtol=1e-7)
+  np.testing.assert_allclose(teacher_momentum(500, 0.996, 1000), 0.998, rtol=1e-7)
+  np.testing.assert_allclose(teacher_momentum(1000, 0.996, 1000), 1.0, rtol=1e-7)
+
+
+def test_loss_is_the_cross_entropy_over_crop_pairs():
+  model, objective, batch = _setup(student_temp=0.1, teacher_temp=0.04)
+  tx, _ = _optimizer(objective)
+  params = _state(model, objective, batch, tx).params
+  params = {**params, "center": jnp.linspace(-1, 1, 64)}
+  loss, _ = jax.jit(lambda p: objective(model, p, batch, jax.random.PRNGKey(0), train=False))(
+      params)
+  crop_major = lambda x: np.asarray(x).swapaxes(0, 1).reshape((-1,) + x.shape[2:])
+  s = [np.asarray(model.apply({"params": params}, crop_major(batch[k])), np.float64)
+       for k in ("crops_global", "crops_local")]
+  s = np.concatenate(s).reshape(5, 4, 64) / 0.1
+  s = s - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+      s.max(-1, keepdims=True)
+  t = np.asarray(model.apply({"params": params}, crop_major(batch["crops_global"]),
+                             teacher=True), np.float64)
+  t = (t - np.linspace(-1, 1, 64)) / 0.04
+  t = np.exp(t - t.max(-1, keepdims=True))
+  t = (t / t.sum(-1, keepdims=True)).reshape(2, 4, 64)
+  terms = [-(t[i] * s[v]).sum(-1).mean() for i in range(2) for v in range(5) if v != i]
+  np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-5)
+
+
+def test_multi_crop_shapes_and_determinism():
+  op = transforms.build("multi_crop(16, 8, num_global=2, num_local=3, channels=1)|"
+                        "value_range(-1, 1, key='crops_global')")
+  ex = digits.Digits("train")[0]
+  a = op(ex, np.random.default_rng(1))
+  b = op(ex, np.random.default_rng(1))
+  assert a["crops_global"].shape == (2, 16, 16, 1) and a["crops_global"].dtype == np.float32
+  assert a["crops_local"].shape == (3, 8, 8, 1) and a["crops_local"].dtype == np.uint8
+  assert "image" not in a
+  np.testing.assert_array_equal(a["crops_local"], b["crops_local"])
+  assert not np.array_equal(a["crops_local"][0], a["crops_local"][1])  # Independent crops.
+
+
+def test_dino_objective_explains_a_batch_without_crops():
+  model, objective, batch = _setup()
+  with pytest.raises(ValueError, match="multi_crop"):
+    objective(model, {}, {"image": batch["crops_global"][:, 0]}, jax.random.PRNGKey(0))
+
+
+def test_frozen_pattern_keeps_params_fixed():
+  params = {"img": {"kernel": jnp.ones((2, 2))}, "txt": {"kernel": jnp.ones((2, 2))}}
+  cfg = ml_collections.ConfigDict(dict(
+      name="adamw", lr=0.1, schedule="constant", warmup_steps=0, min_lr_ratio=0.0, b1=0.9,
+      b2=0.999, weight_decay=0.1, wd_pattern=r".*/kernel$", grad_clip=1.0,
+      frozen_pattern="img/.*"))
+  tx, _ = optim.make_optimizer(cfg, 10)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert not np.any(np.asarray(updates["img"]["kernel"]))
+  assert np.all(np.asarray(updates["txt"]["kernel"]) != 0)
