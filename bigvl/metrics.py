@@ -51,6 +51,24 @@ class TensorBoardWriter:
                                            summary=summary_pb2.Summary(value=values)))
     self._writer.flush()  # A crash must not lose what was logged.
 
+  def write_images(self, step: int, images: dict) -> None:
+    """{tag: uint8 (h, w, 3) array} as PNG image summaries."""
+    if not self.enabled or not images:
+      return
+    import io
+    from PIL import Image
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    values = []
+    for tag, img in images.items():
+      buf = io.BytesIO()
+      Image.fromarray(img).save(buf, format="PNG")
+      values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+          height=img.shape[0], width=img.shape[1], colorspace=3,
+          encoded_image_string=buf.getvalue())))
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary_pb2.Summary(value=values)))
+    self._writer.flush()
+
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
@@ -65,6 +83,11 @@ class Writers:
   def write(self, step: int, metrics: dict) -> None:
     for w in self.writers:
       w.write(step, metrics)
+
+  def write_images(self, step: int, images: dict) -> None:
+    for w in self.writers:
+      if hasattr(w, "write_images"):
+        w.write_images(step, images)
 
   def close(self) -> None:
     for w in self.writers:

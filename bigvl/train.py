@@ -151,7 +151,7 @@ def _build(config, workdir):
     state_lib.abstract(init, config.seed, mesh, rules)  # Traces the model: shape errors now.
     ctx = eval_lib.EvalContext(model=model, tokenizer=tokenizer, text_len=config.data.text_len,
                                mesh=mesh, rules=rules, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), objective=objective)
     evals = {name: (eval_lib.build(name, cfg, ctx), int(cfg.get("every", config.eval_every)))
              for name, cfg in config.evals.items()}
   except config_lib.ConfigError:
@@ -229,6 +229,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
           em = {}
           for name in sorted(do_eval):
             em.update({f"eval/{name}/{k}": v for k, v in evals[name][0].run(state.params).items()})
+            if hasattr(evals[name][0], "images"):
+              writer.write_images(step, {f"eval/{name}/{k}": v
+                                         for k, v in evals[name][0].images().items()})
           writer.write(step, em)
           last.update(em)
           if is_main:

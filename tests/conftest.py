@@ -13,6 +13,15 @@ DEMO_CLIP = os.path.join(REPO, "configs", "demo", "clip_digits.py")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def load_tool(name):
+  """tools/<name>.py imported as a module (tools/ is not a package)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def run_bigvl(args, *, env=None, timeout=600, check=False):
   """Runs `python -m bigvl.train ARGS` in a subprocess; returns the CompletedProcess."""
   full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

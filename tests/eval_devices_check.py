@@ -1,4 +1,4 @@
-"""Runs the zero-shot, retrieval and captioning evaluators on fixed random models and prints
+"""Runs the zero-shot, retrieval, captioning and perplexity evaluators on fixed random models and prints
 their metrics as one JSON line; tests/test_eval_suite.py runs it on 1 and on 8 devices.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/eval_devices_check.py
@@ -44,7 +44,10 @@ def main():
                                           n=48, pp="value_range(-1, 1)", batch_size=16, show=0)),
                       ("scoring", dict(type="scoring_zeroshot", source="shapes", split="test",
                                        task="color", n=48, pp="value_range(-1, 1)",
-                                       batch_size=16))):
+                                       batch_size=16)),
+                      ("perplexity", dict(type="perplexity", source="shapes", split="test",
+                                          n=48, batch_size=16,
+                                          pp="value_range(-1, 1)|choose_text|tokenize"))):
       out.update({f"{name}/{k}": v for k, v in build(name, cfg, cctx).run(cparams).items()})
   print(json.dumps(out))
 

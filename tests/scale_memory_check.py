@@ -19,7 +19,6 @@ script asserts nothing, so that every number reaches the test report.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -39,11 +38,8 @@ B16_OVERRIDES = [
 
 
 def _load_tool():
-  spec = importlib.util.spec_from_file_location(
-      "bench_train", os.path.join(ROOT, "tools", "bench_train.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from conftest import load_tool  # This script runs from tests/, beside conftest.py.
+  return load_tool("bench_train")
 
 
 tool = _load_tool()

@@ -43,7 +43,7 @@ def _trained(config_path, workdir):
   return model, params, tok
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_cappa_demo_captions_held_out_shapes_and_beam_search_beats_greedy(tmp_path):
   last, minutes = _train(CAPPA, tmp_path)
   assert last["eval/captions/exact_match"] >= 0.8
@@ -65,7 +65,7 @@ def test_cappa_demo_captions_held_out_shapes_and_beam_search_beats_greedy(tmp_pa
                                                        eos_id=tok.eos_id), b4_lp, atol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_coca_demo_captions_and_classifies_colours_zero_shot(tmp_path):
   last, minutes = _train(COCA, tmp_path)
   assert last["eval/captions/exact_match"] >= 0.8

@@ -61,9 +61,48 @@ def test_scoring_zeroshot_picks_the_most_likely_prompt(ctx_params):
   assert ev.run(params)["top1"] == pytest.approx(np.mean(scores.argmax(1) == labels))
 
 
+@pytest.mark.slow
+def test_perplexity_is_exp_of_the_captioning_loss_over_all_tokens(ctx_params):
+  from bigvl.objectives.captioning import caption_loss
+  ctx, params = ctx_params
+  pp = "value_range(-1, 1)|choose_text|tokenize"
+  # Batches of 16 over 40 examples: the last one padded, which must not count.
+  out = captioning.Perplexity(ctx, source="shapes", split="test", n=40, pp=pp,
+                              batch_size=16).run(params)
+  src = shapes.Shapes("test", n=40)
+  op = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=16)
+  ex = [op(src[i], None) for i in range(40)]
+  images, text = np.stack([e["image"] for e in ex]), np.stack([e["text"] for e in ex])
+  logits = ctx.model.apply({"params": params}, images, text)
+  loss, _ = caption_loss(logits, text)   # Mean over every caption token of all 40.
+  np.testing.assert_allclose(out["nll_per_token"], float(loss), rtol=1e-5)
+  np.testing.assert_allclose(out["perplexity"], np.exp(float(loss)), rtol=1e-5)
+
+
 def test_captioning_evals_refuse_a_two_tower_model(ctx_params):
   ctx, _ = ctx_params
   other = EvalContext(model=models.build(dict(name="vit", patch_size=8, **TOWER)),
                       tokenizer=ctx.tokenizer, text_len=16, mesh=ctx.mesh, rules=ctx.rules)
   with pytest.raises(ValueError, match="needs a captioning model"):
     captioning.CaptioningEval(other, source="shapes", split="test")
+
+
+@pytest.mark.slow
+def test_captioning_eval_images_show_each_image_over_its_caption(ctx_params):
+  ctx, params = ctx_params
+  ev = captioning.CaptioningEval(ctx, source="shapes", split="test", n=8,
+                                 pp="value_range(-1, 1)", batch_size=8, show=0, num_images=3)
+  ev.run(params)
+  grid = ev.images()["captions"]
+  assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
+  src = shapes.Shapes("test", n=8)
+  first = transforms.build("value_range(-1, 1)")(src[0], None)["image"]
+  h, w = first.shape[:2]
+  tile_w = (grid.shape[1] - 3 * 2) // 3
+  left = (tile_w - 4 * w) // 2
+  expected = np.round(np.clip((first + 1) / 2, 0, 1) * 255).astype(np.uint8)
+  np.testing.assert_array_equal(grid[:4 * h:4, left:left + 4 * w:4], expected)
+  # Under the images, the caption band has text (dark pixels) in every tile.
+  band = grid[4 * h:]
+  for i in range(3):
+    assert (band[:, i * (tile_w + 2):(i + 1) * (tile_w + 2)] < 100).any()

@@ -1,28 +1,24 @@
 """tools/convert_checkpoint.py: the thin CLI over bigvl.convert, run in-process."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
 from bigvl.convert import testing
+from conftest import load_tool
 
 testing.import_torch_references()
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "convert_checkpoint.py")
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
 
 @pytest.fixture(scope="module")
 def cli():
-  spec = importlib.util.spec_from_file_location("convert_checkpoint", TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool("convert_checkpoint")
 
 
 @pytest.fixture(scope="module")

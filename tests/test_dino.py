@@ -95,6 +95,7 @@ def test_momentum_schedule_is_a_cosine_to_one():
   np.testing.assert_allclose(teacher_momentum(1000, 0.996, 1000), 1.0, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_loss_is_the_cross_entropy_over_crop_pairs():
   model, objective, batch = _setup(student_temp=0.1, teacher_temp=0.04)
   tx, _ = _optimizer(objective)

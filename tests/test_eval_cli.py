@@ -69,6 +69,8 @@ def test_model_card_names_the_run_its_metrics_and_commands(run_dir):
   assert "steps: 120" in card and "digits" in card
   # The card's convert command runs as written, from the repository root.
   line = next(l for l in card.splitlines() if "convert_checkpoint.py from_workdir" in l)
-  proc = subprocess.run(line, shell=True, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert line.startswith("python ")   # With the project's environment active, as documented.
+  proc = subprocess.run(sys.executable + line[len("python"):], shell=True, cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert os.path.exists(f"{run_dir}_converted/params")

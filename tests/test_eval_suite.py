@@ -45,5 +45,12 @@ def test_every_evaluator_gives_the_same_numbers_on_1_and_8_devices():
   one, eight = _run(1), _run(8)
   assert (one.pop("devices"), eight.pop("devices")) == (1, 8)
   assert set(one) >= {"zeroshot/top1", "retrieval/i2t_r@1", "retrieval/t2i_r@10",
-                      "captioning/bleu4", "captioning/cider", "scoring/top1"}
-  assert one == eight
+                      "captioning/bleu4", "captioning/cider", "scoring/top1",
+                      "perplexity/perplexity"}
+  # Counts and ranks are identical. Perplexity sums float32 per-example log-likelihoods,
+  # whose last bit depends on how XLA blocks a batch of 16 vs 2 per device: 1e-7 relative.
+  continuous = {k for k in one if k.startswith("perplexity/")}
+  assert {k: v for k, v in one.items() if k not in continuous} == \
+      {k: v for k, v in eight.items() if k not in continuous}
+  for k in continuous:
+    assert eight[k] == pytest.approx(one[k], rel=1e-7)

@@ -4,7 +4,6 @@ fewer FLOPs (XLA's cost analysis of the compiled program), and evaluate unmasked
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from bigvl import config_lib, mfu, models, objectives

@@ -4,6 +4,7 @@ The objective module and the config are written here, outside the package; the c
 points at the objective as "module:attribute" and trains through the same loop.
 """
 
+import pytest
 import textwrap
 
 from bigvl import metrics, train
@@ -39,6 +40,7 @@ CONFIG = textwrap.dedent(f'''
 ''')
 
 
+@pytest.mark.slow
 def test_new_objective_trains_without_touching_bigvl(tmp_path, monkeypatch):
   (tmp_path / "my_objectives.py").write_text(OBJECTIVE)
   (tmp_path / "my_config.py").write_text(CONFIG)

@@ -1,18 +1,12 @@
 """tools/bench_kernels.py runs end to end on the CPU (--quick) and writes JSON + Markdown."""
 
-import importlib.util
 import json
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_tool
 
 
 def _load_tool():
-  spec = importlib.util.spec_from_file_location(
-      "bench_kernels", os.path.join(ROOT, "tools", "bench_kernels.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool("bench_kernels")
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path):

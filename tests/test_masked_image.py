@@ -30,6 +30,7 @@ def test_patchify_layout_and_inverse():
   np.testing.assert_array_equal(np.asarray(unpatchify(jnp.asarray(patches), 4, 2, 3)), img)
 
 
+@pytest.mark.slow
 def test_patchify_order_is_the_vit_token_order():
   # A ViT's patch embedding is a strided conv: token i must see exactly patchify's patch i.
   vit = ViT(**dict(ENC, depth=0), pool="none", posemb="sincos2d", final_norm=False)
@@ -62,6 +63,7 @@ def test_masking_ratio_errors():
     objectives.build(dict(name="mae", mask_ratio=1.2))
 
 
+@pytest.mark.slow
 def test_vit_keep_all_in_order_is_the_plain_forward_and_is_permutation_equivariant():
   vit = ViT(**ENC, pool="none")
   img = _images(2)
@@ -133,6 +135,7 @@ def test_mae_loss_ignores_visible_patches():
   assert float(with_target_change(one_masked)) > float(loss) + 1.0
 
 
+@pytest.mark.slow
 def test_mae_loss_is_the_mse_to_per_patch_normalised_pixels():
   model, params, img = _mae_setup()
   rng = jax.random.PRNGKey(5)
@@ -145,6 +148,7 @@ def test_mae_loss_is_the_mse_to_per_patch_normalised_pixels():
   np.testing.assert_allclose(float(loss), err[np.asarray(mask)].mean(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_simmim_masked_patches_enter_as_the_mask_token():
   model = models.build(dict(name="simmim", encoder=ENC, channels=1))
   img = _images(2)
@@ -158,6 +162,7 @@ def test_simmim_masked_patches_enter_as_the_mask_token():
   assert not np.allclose(a, model.apply({"params": params}, img))  # Without the mask they do.
 
 
+@pytest.mark.slow
 def test_simmim_loss_is_l1_on_masked_pixels_only():
   model = models.build(dict(name="simmim", encoder=ENC, channels=1))
   img = _images(4)
@@ -177,6 +182,7 @@ def test_masked_image_encoder_rejects_a_pooling_head():
         jax.random.PRNGKey(0), _images(1))
 
 
+@pytest.mark.slow
 def test_learned_posemb_resizes_to_another_grid():
   vit = ViT(**ENC, pool="gap")
   params = jax.jit(vit.init)(jax.random.PRNGKey(0), _images(1, 16))

@@ -59,6 +59,7 @@ def _compiled(fn, *args):
   return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE)
 
 
+@pytest.mark.slow
 def test_siglip_train_steps_pallas_match_xla():
   config = _demo_config()
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)

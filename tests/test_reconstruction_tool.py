@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_bigvl
+from bigvl.evaluators.reconstruction import reconstruct
+from conftest import REPO, load_tool, run_bigvl
 
 MAE = os.path.join(REPO, "configs", "demo", "mae_digits.py")
 
@@ -47,28 +48,20 @@ def test_reconstruction_png_rows_original_masked_reconstruction(tmp_path):
   np.testing.assert_array_equal(rows[0][0], expected.repeat(2, 0).repeat(2, 1))
 
 
-def _tool():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "visualize_reconstruction", os.path.join(REPO, "tools", "visualize_reconstruction.py"))
-  tool = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tool)
-  return tool
-
-
+@pytest.mark.slow
 def test_reconstruction_grid_in_process(tmp_path):
   """The fast twin of the test above: reconstruct() and grid_png() on init params."""
   import jax
   from bigvl import models, objectives
-  tool = _tool()
+  tool = load_tool("visualize_reconstruction")
   model = models.build(dict(name="mae", encoder=dict(width=32, depth=1, mlp_dim=64,
                                                      num_heads=4, patch_size=4),
                             decoder_width=16, decoder_depth=1, decoder_mlp_dim=32,
                             decoder_heads=2, channels=1))
   images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (3, 16, 16, 1)) * 2 - 1)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), images)["params"]
-  masked, recon, mask = tool.reconstruct(model, objectives.build(dict(name="mae")), params,
-                                         images, jax.random.PRNGKey(1))
+  masked, recon, mask = reconstruct(model, objectives.build(dict(name="mae")), params,
+                                    images, jax.random.PRNGKey(1))
   assert mask.sum(1).tolist() == [12, 12, 12]
   png = tool.grid_png([images, masked, recon], str(tmp_path / "g.png"), -1, 1, scale=1, gap=1)
   assert png.shape == (3 * 16 + 2, 3 * 16 + 2, 3)
@@ -77,19 +70,48 @@ def test_reconstruction_grid_in_process(tmp_path):
   assert grey.all(1).sum() == 12   # Masked patches are grey in the middle row.
 
 
-def test_reconstruction_tool_refuses_a_non_mim_run():
-  tool = _tool()
+def test_reconstruction_refuses_a_non_mim_run():
   from bigvl import objectives
   with pytest.raises(ValueError, match="Siglip; reconstructions need mae or simmim"):
-    tool.reconstruct(None, objectives.build(dict(name="siglip")), {}, np.zeros((1, 16, 16, 1)),
+    reconstruct(None, objectives.build(dict(name="siglip")), {}, np.zeros((1, 16, 16, 1)),
                      None)
+
+
+@pytest.mark.slow
+def test_reconstruction_evaluator_writes_its_grid_to_tensorboard(tmp_path):
+  import jax
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  from bigvl import metrics, models, objectives, sharding as sh
+  from bigvl.evaluators import EvalContext, build
+  model = models.build(dict(name="mae", encoder=dict(width=32, depth=1, mlp_dim=64,
+                                                     num_heads=4, patch_size=4),
+                            decoder_width=16, decoder_depth=1, decoder_mlp_dim=32,
+                            decoder_heads=2, channels=1))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 1)))["params"]
+  ctx = EvalContext(model=model, tokenizer=None, text_len=16,
+                    mesh=sh.make_mesh(dict(data=-1, fsdp=1, tensor=1)), rules=sh.get_rules("dp"),
+                    objective=objectives.build(dict(name="mae")))
+  ev = build("recon", dict(type="reconstruction", source="digits", pp="resize(16)|value_range(-1, 1)",
+                           num_images=4, max_examples=64), ctx)
+  out = ev.run(params)
+  assert out["loss"] > 0
+  grid = ev.images()["reconstruction"]
+  assert grid.shape == (3 * 64 + 4, 4 * 64 + 6, 3) and grid.dtype == np.uint8
+  writer = metrics.run_writers(str(tmp_path))
+  writer.write_images(7, {"eval/recon/reconstruction": grid})
+  writer.close()
+  acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+  (event,) = acc.Images("eval/recon/reconstruction")
+  assert (event.step, event.height, event.width) == (7, grid.shape[0], grid.shape[1])
+  import io
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(event.encoded_image_string))),
+                                grid)
 
 
 @pytest.mark.slow
 def test_a_vit_classifier_fine_tunes_from_the_mae_encoder(tmp_path):
   """init_subtree='enc' loads exactly the MAE encoder's params into a `vit`; only the new
   classification head starts fresh, and the supervised loss trains."""
-  import jax
   from bigvl import checkpoint
 
   work = str(tmp_path / "mae")

@@ -37,7 +37,7 @@ def _random_init(workdir):
     return json.load(f)
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 @pytest.mark.parametrize("demo", ["mae_digits"])
 def test_demo_linear_probe_beats_random_init_by_10_points(demo, tmp_path):
   last, minutes = _train(os.path.join(DEMOS, f"{demo}.py"), tmp_path)
@@ -49,7 +49,7 @@ def test_demo_linear_probe_beats_random_init_by_10_points(demo, tmp_path):
   assert minutes < 15
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_flip_demo_reaches_zero_shot_0_85_and_tunes_unmasked(tmp_path):
   masked = tmp_path / "masked"
   last, minutes = _train(os.path.join(DEMOS, "flip_digits.py"), masked)

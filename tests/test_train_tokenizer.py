@@ -1,6 +1,5 @@
 """tools/train_tokenizer.py: a sentencepiece model from a text file, shards, or a source."""
 
-import importlib.util
 import io
 import json
 import os
@@ -13,6 +12,7 @@ from PIL import Image
 
 from bigvl.data import make_dataset
 from bigvl.data.tokenizer import Tokenizer
+from conftest import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, "tools", "train_tokenizer.py")
@@ -28,10 +28,7 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def tool():
-  spec = importlib.util.spec_from_file_location("train_tokenizer_tool", TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_tool("train_tokenizer")
 
 
 def _roundtrips(path, text):

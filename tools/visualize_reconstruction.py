@@ -19,54 +19,12 @@ import sys
 import numpy as np
 
 
-def reconstruct(model, objective, params, images, rng):
-  """(masked, reconstruction), both (b, h, w, c) like `images`, and the (b, n) bool mask."""
-  import jax
-  import jax.numpy as jnp
-
-  from bigvl.models.masked_image import patchify, unpatchify
-  from bigvl.objectives import masked_image
-  from bigvl.objectives.masking import random_keep
-
-  if not isinstance(objective, (masked_image.MAE, masked_image.SimMIM)):
-    raise ValueError(f"The run's objective is {type(objective).__name__}; reconstructions "
-                     "need mae or simmim.")
-  p = model.patch_size()
-  gh, gw = images.shape[1] // p, images.shape[2] // p
-  images = jnp.asarray(images, jnp.float32)[:, :gh * p, :gw * p]
-
-  @jax.jit
-  def run(params, images, rng):
-    keep, mask = random_keep(rng, images.shape[0], gh * gw, objective.mask_ratio)
-    if isinstance(objective, masked_image.MAE):
-      pred = model.apply({"params": params}, images, keep)
-    else:
-      pred = model.apply({"params": params}, images, mask)
-    target = patchify(images, p)
-    if getattr(objective, "norm_pix_loss", False):
-      mean, var = target.mean(-1, keepdims=True), target.var(-1, keepdims=True)
-      pred = pred * jnp.sqrt(var + 1e-6) + mean
-    m = mask[..., None]
-    return (unpatchify(jnp.where(m, jnp.nan, target), p, gh, gw),
-            unpatchify(jnp.where(m, pred, target), p, gh, gw), mask)
-
-  return tuple(np.asarray(x) for x in jax.device_get(run(params, images, rng)))
-
-
 def grid_png(rows, path: str, vmin: float, vmax: float, scale: int = 4, gap: int = 2):
   """Writes rows (each (n, h, w, c) float, NaN = masked grey) as one PNG; returns its array."""
   from PIL import Image
-  n, h, w, c = rows[0].shape
-  H, W = h * scale, w * scale
-  out = np.full((len(rows) * (H + gap) - gap, n * (W + gap) - gap, 3), 255, np.uint8)
-  for r, row in enumerate(rows):
-    for i, img in enumerate(row):
-      x = (np.asarray(img, np.float64) - vmin) / (vmax - vmin)
-      x = np.where(np.isnan(x), 0.5, np.clip(x, 0, 1))
-      x = np.round(x * 255).astype(np.uint8)
-      x = np.repeat(x, 3, axis=-1) if c == 1 else x[..., :3]
-      x = x.repeat(scale, 0).repeat(scale, 1)
-      out[r * (H + gap):r * (H + gap) + H, i * (W + gap):i * (W + gap) + W] = x
+
+  from bigvl.evaluators.reconstruction import image_grid
+  out = image_grid(rows, vmin, vmax, scale, gap)
   Image.fromarray(out).save(path)
   return out
 
@@ -89,6 +47,7 @@ def main(argv=None) -> int:
 
   from bigvl import config_lib, eval as eval_lib
   from bigvl.data import sources, transforms
+  from bigvl.evaluators.reconstruction import reconstruct
 
   try:
     config = config_lib.with_defaults(eval_lib.load_run_config(args.workdir))

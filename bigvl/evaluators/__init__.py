@@ -3,6 +3,8 @@
 An evaluator is built as `Evaluator(ctx, **options)` from an entry of `config.evals`
 (`{type: "zeroshot", every: 500, ...}`; `type` and `every` belong to the loop) and
 run as `evaluator.run(params) -> {metric: float}`; the loop logs `eval/<name>/<metric>`.
+An evaluator with an `images() -> {tag: uint8 (h, w, 3)}` method has those images of its
+last run written to TensorBoard as `eval/<name>/<tag>`.
 `ctx` (EvalContext) carries the model, tokenizer, text length, mesh and rules.
 """
 
@@ -25,6 +27,7 @@ class EvalContext:
   rules: Any
   process_index: int = 0
   process_count: int = 1
+  objective: Any = None       # The run's objective (the reconstruction evaluator reuses it).
 
 
 def eval_batch_size(ctx: EvalContext, batch_size: int) -> int:
@@ -34,7 +37,8 @@ def eval_batch_size(ctx: EvalContext, batch_size: int) -> int:
   return -(-batch_size // dp) * dp
 
 
-from bigvl.evaluators import captioning, probes, retrieval, zeroshot  # noqa: E402,F401
+from bigvl.evaluators import (  # noqa: E402,F401
+    captioning, probes, reconstruction, retrieval, zeroshot)
 
 LOOP_KEYS = ("type", "every")
 

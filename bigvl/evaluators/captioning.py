@@ -23,12 +23,12 @@ def _check_captioner(model, what: str) -> None:
                      f"config.model is {type(model).__name__}.")
 
 
-def _batches(ctx, source, pp, batch_size):
-  """Global batches of `image`, `_index`, `_mask` over the whole source."""
+def _batches(ctx, source, pp, batch_size, keys=("image",)):
+  """Global batches of `keys`, `index`, `mask` over the whole source."""
   for batch in loader.eval_batches(loader.IndexedSource(source), pp,
                                    batch_size // ctx.process_count, ctx.process_index,
                                    ctx.process_count):
-    yield sh.to_global_batch({"image": batch["image"], "index": batch["_index"],
+    yield sh.to_global_batch({**{k: batch[k] for k in keys}, "index": batch["_index"],
                               "mask": batch["_mask"]}, ctx.mesh, ctx.rules)
 
 
@@ -40,11 +40,13 @@ class CaptioningEval:
 
   def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
                decode: str = "greedy", beam_size: int = 4, max_len: int | None = None,
-               batch_size: int = 256, show: int = 3, **source_opts):
+               batch_size: int = 256, show: int = 3, num_images: int = 6,
+               value_range=(-1.0, 1.0), **source_opts):
     _check_captioner(ctx.model, "captioning")
     if decode not in ("greedy", "beam"):
       raise ValueError(f"captioning eval: decode={decode!r}; valid: greedy, beam.")
     self.ctx, self.decode, self.beam_size, self.show = ctx, decode, beam_size, show
+    self.num_images, self.value_range, self._grid = num_images, tuple(value_range), None
     self.max_len = max_len or ctx.text_len
     self.source = sources.build(dict(source=source, split=split, **source_opts))
     self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
@@ -81,8 +83,39 @@ class CaptioningEval:
     if self.show and self.ctx.process_index == 0:
       for c, refs in list(zip(candidates, references))[:self.show]:
         print(f"  caption: {c!r}  reference: {refs[0]!r}", flush=True)
+    if self.num_images:
+      shown = order[:self.num_images]
+      images = np.stack([self.pp(self.source[i])["image"] for i in shown])
+      self._grid = captioned_grid(images, [generated[i] for i in shown], *self.value_range)
     return {"exact_match": float(exact), "bleu4": scores["bleu4"],
             "cider": caption_metrics.cider_d(candidates, references)}
+
+  def images(self) -> dict[str, np.ndarray]:
+    """{"captions": uint8 (H, W, 3)}: the first `num_images` images of the last run, each
+    with its generated caption underneath (TensorBoard's IMAGES tab)."""
+    return {} if self._grid is None else {"captions": self._grid}
+
+
+def captioned_grid(images, captions, vmin: float, vmax: float, scale: int = 4,
+                   width_chars: int = 24) -> np.ndarray:
+  """images (n, h, w, c) in [vmin, vmax] side by side, each above its wrapped caption."""
+  import textwrap
+  from PIL import Image, ImageDraw
+  n, h, w, c = images.shape
+  tile_w = max(w * scale, 6 * width_chars + 4)
+  lines = [textwrap.wrap(t, width_chars)[:4] or [""] for t in captions]
+  band = 12 * max(len(l) for l in lines) + 4
+  canvas = Image.new("RGB", (n * (tile_w + 2), h * scale + band), "white")
+  draw = ImageDraw.Draw(canvas)
+  for i, (img, text) in enumerate(zip(images, lines)):
+    x = np.clip((np.asarray(img, np.float64) - vmin) / (vmax - vmin), 0, 1)
+    x = np.round(x * 255).astype(np.uint8)
+    x = np.repeat(x, 3, -1) if c == 1 else x[..., :3]
+    tile = Image.fromarray(x.repeat(scale, 0).repeat(scale, 1))
+    left = i * (tile_w + 2)
+    canvas.paste(tile, (left + (tile_w - w * scale) // 2, 0))
+    draw.multiline_text((left + 2, h * scale + 2), "\n".join(text), fill="black", spacing=2)
+  return np.asarray(canvas)
 
 
 @EVALUATORS.register("scoring_zeroshot")
@@ -127,3 +160,37 @@ class ScoringZeroShot:
       correct += int((pred[mask] == labels).sum())
       total += int(mask.sum())
     return {"top1": correct / total}
+
+
+@EVALUATORS.register("perplexity")
+class Perplexity:
+  """Teacher-forced perplexity of a source's captions given their images:
+  exp(total negative log-likelihood / total tokens), over each caption's tokens up to and
+  including its EOS (the tokens the captioning loss counts). The pp must give `image` and
+  a tokenized `text` (e.g. `...|choose_text|tokenize`, the first caption when evaluating)."""
+
+  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
+               batch_size: int = 256, **source_opts):
+    _check_captioner(ctx.model, "perplexity")
+    self.ctx = ctx
+    self.source = sources.build(dict(source=source, split=split, **source_opts))
+    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.batch_size = eval_batch_size(ctx, batch_size)
+    model, tok = ctx.model, ctx.tokenizer
+
+    def nll_and_count(p, images, tokens):
+      memory = model.apply({"params": p}, images, method="encode")
+      logp = decoding.sequence_logprob(model, p, memory, tokens, eos_id=tok.eos_id,
+                                       pad_id=tok.pad_id)
+      return -logp, decoding.token_mask(tokens, tok.eos_id).sum(-1)
+    self._nll = jax.jit(nll_and_count)
+
+  def run(self, params) -> dict[str, float]:
+    nll = count = 0.0
+    for g in _batches(self.ctx, self.source, self.pp, self.batch_size, ("image", "text")):
+      b_nll, b_count = (sh.to_host(x) for x in self._nll(params, g["image"], g["text"]))
+      mask = sh.to_host(g["mask"])
+      # Summed in float64 on the host, in example order: the same on any device count.
+      nll += float(np.sum(b_nll[mask], dtype=np.float64))
+      count += float(np.sum(b_count[mask], dtype=np.float64))
+    return {"perplexity": float(np.exp(nll / count)), "nll_per_token": nll / count}

@@ -41,5 +41,7 @@ def get_config(arg=None):
   c.evals = dict(
       probe=dict(type="fewshot", source="digits", pp=PP_EVAL, shots=(10,), full=True),
       knn=dict(type="knn", source="digits", pp=PP_EVAL, k=10),
+      # Held-out masked-patch loss, and reconstructions in TensorBoard (IMAGES tab).
+      recon=dict(type="reconstruction", source="digits", pp=PP_EVAL, num_images=8),
   )
   return c

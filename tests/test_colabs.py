@@ -1,0 +1,71 @@
+"""Every notebook in colabs/ runs end to end in its TINY mode, writes its plot and its
+numbers, and shows learning where it trains. Acceptance 1 of issue 10."""
+
+import json
+import os
+
+import pytest
+
+from conftest import REPO
+
+COLABS = os.path.join(REPO, "colabs")
+
+
+def _execute(name, out, monkeypatch):
+  import nbclient
+  import nbformat
+  monkeypatch.setenv("BIGVL_COLAB_MODE", "tiny")
+  monkeypatch.setenv("BIGVL_COLAB_OUT", str(out))
+  monkeypatch.setenv("BIGVL_REPO", REPO)
+  nb = nbformat.read(os.path.join(COLABS, f"{name}.ipynb"), as_version=4)
+  nbclient.NotebookClient(nb, timeout=1500, kernel_name="python3",
+                          resources={"metadata": {"path": COLABS}}).execute()
+  assert os.path.getsize(out / f"{name}.png") > 10_000
+  with open(out / f"{name}.json") as f:
+    return json.load(f), nb
+
+
+def _printed(nb) -> str:
+  return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_siglip_vs_clip_notebook(tmp_path, monkeypatch):
+  results, nb = _execute("siglip_vs_clip", tmp_path, monkeypatch)
+  for loss in ("sigmoid", "softmax"):
+    assert sorted(int(b) for b in results[loss]) == [4, 16]
+    assert all(len(v) == 3 for v in results[loss].values())
+    # Both losses learn: above chance (0.1) at batch 16 on every seed.
+    assert min(results[loss]["16"]) > 0.3, results
+  print(results)
+  # The direction the SigLIP paper reports (sigmoid >= softmax at the smallest batch) did
+  # not hold over 3 seeds in TINY mode when measured (the notebook says so and prints the
+  # numbers), so it is not asserted; see colabs/README.md.
+  printed = _printed(nb)
+  assert "sigmoid" in printed and "softmax" in printed
+
+
+@pytest.mark.slow
+def test_lit_notebook(tmp_path, monkeypatch):
+  curves, _ = _execute("lit_locked_tower", tmp_path, monkeypatch)
+  assert set(curves) == {"locked (Lu)", "unlocked (Uu)", "from scratch"}
+  for name, pts in curves.items():
+    print(name, pts)
+    assert len(pts) == 3 and all(0.0 <= acc <= 1.0 for _, acc in pts)
+
+
+@pytest.mark.slow
+def test_mae_mask_ratio_notebook(tmp_path, monkeypatch):
+  results, _ = _execute("mae_mask_ratio", tmp_path, monkeypatch)
+  print(results)
+  assert sorted(float(r) for r in results["linear"]) == [0.25, 0.5, 0.75, 0.9]
+
+
+@pytest.mark.slow
+def test_zeroshot_retrieval_converted_notebook(tmp_path, monkeypatch):
+  results, _ = _execute("zeroshot_retrieval_converted", tmp_path, monkeypatch)
+  print(results)
+  # A 300-step SigLIP run, converted and loaded back, classifies and retrieves far above
+  # chance (0.1 for both).
+  assert results["zeroshot_top1"] > 0.5 and results["i2t_r@1"] > 0.3 and results["t2i_r@1"] > 0.3
