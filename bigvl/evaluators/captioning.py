@@ -15,6 +15,7 @@ from bigvl import decoding
 from bigvl import sharding as sh
 from bigvl.data import loader, sources, transforms
 from bigvl.evaluators import EVALUATORS, caption_metrics, eval_batch_size
+from bigvl.evaluators.images import to_rgb_uint8
 
 
 def _check_captioner(model, what: str) -> None:
@@ -101,17 +102,14 @@ def captioned_grid(images, captions, vmin: float, vmax: float, scale: int = 4,
   """images (n, h, w, c) in [vmin, vmax] side by side, each above its wrapped caption."""
   import textwrap
   from PIL import Image, ImageDraw
-  n, h, w, c = images.shape
+  n, h, w, _ = images.shape
   tile_w = max(w * scale, 6 * width_chars + 4)
   lines = [textwrap.wrap(t, width_chars)[:4] or [""] for t in captions]
   band = 12 * max(len(l) for l in lines) + 4
   canvas = Image.new("RGB", (n * (tile_w + 2), h * scale + band), "white")
   draw = ImageDraw.Draw(canvas)
   for i, (img, text) in enumerate(zip(images, lines)):
-    x = np.clip((np.asarray(img, np.float64) - vmin) / (vmax - vmin), 0, 1)
-    x = np.round(x * 255).astype(np.uint8)
-    x = np.repeat(x, 3, -1) if c == 1 else x[..., :3]
-    tile = Image.fromarray(x.repeat(scale, 0).repeat(scale, 1))
+    tile = Image.fromarray(to_rgb_uint8(img, vmin, vmax, scale))
     left = i * (tile_w + 2)
     canvas.paste(tile, (left + (tile_w - w * scale) // 2, 0))
     draw.multiline_text((left + 2, h * scale + 2), "\n".join(text), fill="black", spacing=2)

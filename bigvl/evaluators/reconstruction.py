@@ -9,6 +9,7 @@ import numpy as np
 
 from bigvl.data import loader, sources, transforms
 from bigvl.evaluators import EVALUATORS
+from bigvl.evaluators.images import to_rgb_uint8
 from bigvl.models.masked_image import patchify, unpatchify
 from bigvl.objectives import masked_image
 from bigvl.objectives.masking import random_keep
@@ -48,17 +49,13 @@ def reconstruct(model, objective, params, images, rng):
 
 def image_grid(rows, vmin: float, vmax: float, scale: int = 4, gap: int = 2) -> np.ndarray:
   """rows (each (n, h, w, c) float, NaN = grey) -> one uint8 (H, W, 3) image, white gaps."""
-  n, h, w, c = rows[0].shape
+  n, h, w, _ = rows[0].shape
   H, W = h * scale, w * scale
   out = np.full((len(rows) * (H + gap) - gap, n * (W + gap) - gap, 3), 255, np.uint8)
   for r, row in enumerate(rows):
     for i, img in enumerate(row):
-      x = (np.asarray(img, np.float64) - vmin) / (vmax - vmin)
-      x = np.where(np.isnan(x), 0.5, np.clip(x, 0, 1))
-      x = np.round(x * 255).astype(np.uint8)
-      x = np.repeat(x, 3, axis=-1) if c == 1 else x[..., :3]
-      x = x.repeat(scale, 0).repeat(scale, 1)
-      out[r * (H + gap):r * (H + gap) + H, i * (W + gap):i * (W + gap) + W] = x
+      out[r * (H + gap):r * (H + gap) + H, i * (W + gap):i * (W + gap) + W] = \
+          to_rgb_uint8(img, vmin, vmax, scale)
   return out
 
 

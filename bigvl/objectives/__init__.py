@@ -11,6 +11,13 @@ from bigvl.registry import Registry, accepted_kwargs
 
 OBJECTIVES = Registry("objective")
 
+
+def check_label_smoothing(value: float) -> None:
+  """Raises a ValueError naming config.objective.label_smoothing unless it is in [0, 1)."""
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"config.objective.label_smoothing={value} must be in [0, 1).")
+
+
 # Importing the families registers them.
 from bigvl.objectives import (  # noqa: E402,F401
     captioning, classification, contrastive, dino, masked_image)

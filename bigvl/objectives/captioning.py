@@ -14,7 +14,7 @@ import optax
 
 from bigvl.decoding import token_mask
 from bigvl.kernels.contrastive_loss import sigmoid_loss, softmax_loss
-from bigvl.objectives import OBJECTIVES
+from bigvl.objectives import OBJECTIVES, check_label_smoothing
 
 EOS_ID = 2  # bigvl's tokenizers: pad 0, unk 1, eos 2.
 
@@ -38,11 +38,6 @@ def caption_loss(logits, targets, *, eos_id: int = EOS_ID, label_smoothing: floa
   return (ce * mask).sum() / n, acc
 
 
-def _check_smoothing(value: float) -> None:
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"config.objective.label_smoothing={value} must be in [0, 1).")
-
-
 @OBJECTIVES.register("captioning")
 @dataclasses.dataclass(frozen=True)
 class Captioning:
@@ -50,7 +45,7 @@ class Captioning:
   label_smoothing: float = 0.0
 
   def __post_init__(self):
-    _check_smoothing(self.label_smoothing)
+    check_label_smoothing(self.label_smoothing)
 
   def __call__(self, model, params, batch, rng, train: bool = True):
     logits = model.apply({"params": params}, batch["image"], batch["text"], train=train,
@@ -68,7 +63,7 @@ class CapPa:
   label_smoothing: float = 0.0
 
   def __post_init__(self):
-    _check_smoothing(self.label_smoothing)
+    check_label_smoothing(self.label_smoothing)
     if not 0.0 <= self.parallel_fraction <= 1.0:
       raise ValueError(f"config.objective.parallel_fraction={self.parallel_fraction} must be "
                        "in [0, 1].")
@@ -103,7 +98,7 @@ class CoCaObjective:
   label_smoothing: float = 0.0
 
   def __post_init__(self):
-    _check_smoothing(self.label_smoothing)
+    check_label_smoothing(self.label_smoothing)
     if self.contrastive not in ("softmax", "sigmoid"):
       raise ValueError(f"config.objective.contrastive={self.contrastive!r}; valid: softmax, "
                        "sigmoid.")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigvl.objectives import OBJECTIVES
+from bigvl.objectives import OBJECTIVES, check_label_smoothing
 
 
 @OBJECTIVES.register("classification")
@@ -18,9 +18,7 @@ class Classification:
   label_smoothing: float = 0.0
 
   def __post_init__(self):
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"config.objective.label_smoothing={self.label_smoothing} must be in "
-                       "[0, 1).")
+    check_label_smoothing(self.label_smoothing)
 
   def init_inputs(self, batch):
     return (batch["image"],)

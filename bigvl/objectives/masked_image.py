@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from bigvl.models.masked_image import patchify
+from bigvl.models.vit import patch_grid
 from bigvl.objectives import OBJECTIVES
 from bigvl.objectives.masking import num_kept, random_keep
 
@@ -27,8 +28,8 @@ def masked_mean(per_patch, mask):
 
 
 def _grid_size(model, image) -> int:
-  p = model.patch_size()
-  return (image.shape[1] // p) * (image.shape[2] // p)
+  gh, gw = patch_grid(model.encoder, image.shape)
+  return gh * gw
 
 
 @OBJECTIVES.register("mae")
