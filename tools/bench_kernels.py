@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bigvl.kernels import attention as attention_lib  # noqa: E402
 from bigvl.kernels import contrastive_loss as loss_lib  # noqa: E402
+from bigvl.kernels import flash_attention as flash_lib  # noqa: E402
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 
@@ -78,6 +79,9 @@ def parse_args(argv=None):
   p.add_argument("--causal", type=strs, help="Comma list of false/true (both).")
   p.add_argument("--impls", type=strs, default=["xla", "pallas", "cudnn"],
                  help="Attention implementations.")
+  p.add_argument("--attn-blocks", type=lambda s: [x for x in s.split(";") if x], default=[],
+                 help="Extra Pallas tilings to time, ';'-separated 'q,k,q_bwd,k_bwd[,warps]' "
+                      "(rows 'pallas:<spec>'); the plain 'pallas' rows use the defaults.")
   p.add_argument("--max-tokens", type=int, default=8 * 4096,
                  help="Skip attention configs with batch * seq above this (the XLA reference "
                       "holds batch*heads*seq^2 logits).")
@@ -85,6 +89,8 @@ def parse_args(argv=None):
                  help=f"Comma list of BATCHxDIM for the loss ({FULL['loss_sizes']}).")
   p.add_argument("--loss-dtypes", type=strs, help=f"Loss dtypes ({FULL['loss_dtypes']}).")
   p.add_argument("--loss-kinds", type=strs, default=["sigmoid", "softmax"])
+  p.add_argument("--loss-block-d", type=ints, default=[],
+                 help="Extra block_d values of the Pallas loss to time (rows 'pallas:d<N>').")
   p.add_argument("--runs", type=int, help="Timed calls per measurement (20; quick 3).")
   p.add_argument("--warmup", type=int, help="Untimed calls first (3; quick 1).")
   p.add_argument("--seed", type=int, default=0)
@@ -151,16 +157,24 @@ def _bench_attention_config(args, q, k, v, do, causal, dtype_name) -> list[dict]
   b, seq, h, d = q.shape
   out = []
   ref = None
-  for impl in args.impls:
-    def fwd(q, k, v, impl=impl):
-      return attention_lib.attention(q, k, v, causal=causal, impl=impl)
+  variants = [(impl, impl, None) for impl in args.impls]
+  if "pallas" in args.impls:
+    variants += [(f"pallas:{spec}", "pallas", spec) for spec in args.attn_blocks]
+  for label, impl, spec in variants:
+    def fwd(q, k, v, impl=impl, spec=spec):
+      if spec is None:
+        return attention_lib.attention(q, k, v, causal=causal, impl=impl)
+      nums = [int(x) for x in spec.split(",")]
+      blocks = flash_lib.BlockSizes(*nums[:4])
+      return flash_lib.flash_attention(q, k, v, causal=causal, block_sizes=blocks,
+                                       num_warps=nums[4] if len(nums) > 4 else None)
 
     def fwd_bwd(q, k, v, do, fwd=fwd):
       o, vjp = jax.vjp(fwd, q, k, v)
       return o, vjp(do)
 
     for mode, fn, fargs in (("fwd", fwd, (q, k, v)), ("fwd+bwd", fwd_bwd, (q, k, v, do))):
-      row = dict(op="attention", impl=impl, mode=mode, dtype=dtype_name, batch=b, heads=h,
+      row = dict(op="attention", impl=label, mode=mode, dtype=dtype_name, batch=b, heads=h,
                  seq=seq, head_dim=d, causal=causal)
       try:
         compiled, temp = compile_fn(fn, fargs)
@@ -207,10 +221,11 @@ def bench_loss(args) -> list[dict]:
 def _bench_loss_config(args, kind, zimg, ztxt, t, bias, dtype_name) -> list[dict]:
   n, d = zimg.shape
 
-  def loss(impl):
+  def loss(impl, block_d=None):
+    blocks = None if block_d is None else loss_lib.BlockSizes(block_d=block_d)
     if kind == "sigmoid":
-      return lambda x, y, t, b: loss_lib.sigmoid_loss(x, y, t, b, impl=impl)
-    return lambda x, y, t, b: loss_lib.softmax_loss(x, y, t, impl=impl)
+      return lambda x, y, t, b: loss_lib.sigmoid_loss(x, y, t, b, impl=impl, block_sizes=blocks)
+    return lambda x, y, t, b: loss_lib.softmax_loss(x, y, t, impl=impl, block_sizes=blocks)
 
   def matmul(x, y, t, b):
     # The floor any implementation pays: the logits matmul alone, reduced to a scalar so
@@ -220,7 +235,9 @@ def _bench_loss_config(args, kind, zimg, ztxt, t, bias, dtype_name) -> list[dict
   out = []
   fargs = (zimg, ztxt, t, bias)
   ref = None
-  for impl, fn in (("matmul", matmul), ("xla", loss("xla")), ("pallas", loss("pallas"))):
+  variants = [("matmul", matmul), ("xla", loss("xla")), ("pallas", loss("pallas"))]
+  variants += [(f"pallas:d{bd}", loss("pallas", bd)) for bd in args.loss_block_d]
+  for impl, fn in variants:
     for mode in ("fwd", "fwd+bwd"):
       if impl == "matmul" and mode == "fwd+bwd":
         continue
