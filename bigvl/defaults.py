@@ -24,6 +24,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.init_from = ""            # Params-only start: a workdir or checkpoint dir; matching params load, others stay new.
   c.init_subtree = ""         # Load only this subtree of init_from's params, as the top level ("enc" of MAE, "teacher/backbone" of DINO).
   c.init_into = ""            # ... and put it under this subtree of the new params (LiT: "img", the two-tower's image tower).
+  c.init_also = ()            # More sources: dicts of init_from, init_subtree, init_into (Flamingo: the LM and the image tower).
 
   c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).
   c.objective = ml_collections.ConfigDict()  # name + the objective's own options (see bigvl/objectives).
@@ -51,6 +52,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.data.tokenizer = ""           # Path of a sentencepiece model; "" trains one on the train captions.
   c.data.vocab_size = 96          # Vocabulary of a tokenizer trained here.
   c.data.tokenizer_type = "bpe"   # bpe | unigram, for a tokenizer trained here.
+  c.data.special_tokens = ()      # Pieces a tokenizer trained here keeps whole (Flamingo: ("<image>", "<|endofchunk|>")).
   c.data.text_len = 16            # Tokens per text, after EOS, padded.
   c.data.workers = 0              # Grain worker processes; 0 reads in the main process.
   c.data.prefetch = 2             # Batches prefetched per worker.

@@ -32,13 +32,17 @@ NONFINITE = {1: "train/loss", 2: "train/grad_norm"}
 
 
 def model_inputs(objective, batch) -> tuple:
-  """Positional model inputs for `model.init`: the objective's choice, else image [, text]."""
+  """Positional model inputs for `model.init`: the objective's choice, else image(s) [, text],
+  else text alone (a language model)."""
   if hasattr(objective, "init_inputs"):
     return tuple(objective.init_inputs(batch))
-  if "image" in batch and "text" in batch:
-    return (batch["image"], batch["text"])
-  if "image" in batch:
-    return (batch["image"],)
+  for images in ("image", "images"):
+    if images in batch and "text" in batch:
+      return (batch[images], batch["text"])
+    if images in batch:
+      return (batch[images],)
+  if "text" in batch:
+    return (batch["text"],)
   raise ValueError("Cannot tell which batch fields the model takes; give the objective an "
                    "init_inputs(batch) method.")
 

@@ -57,6 +57,19 @@ def _fill_vocab_size(node, vocab_size: int):
         _fill_vocab_size(v, vocab_size)
 
 
+# Model options named here, left None in the config, get the id of that tokenizer piece.
+TOKEN_ID_OPTIONS = {"image_token_id": "<image>", "chunk_token_id": "<|endofchunk|>"}
+
+
+def _fill_token_ids(node, tokenizer):
+  if isinstance(node, dict) or hasattr(node, "items"):
+    for k, v in list(node.items()):
+      if k in TOKEN_ID_OPTIONS and v is None:
+        node[k] = tokenizer.piece_id(TOKEN_ID_OPTIONS[k])
+      else:
+        _fill_token_ids(v, tokenizer)
+
+
 def _tokenizer(config, workdir):
   train_source = sources.build(config.data.train) if config.data.train else None
   needs = "tokenize" in str(config.data.train.get("pp", "")) or any(
@@ -68,7 +81,8 @@ def _tokenizer(config, workdir):
         f"config.data.tokenizer is empty and source {config.data.train.source!r} has no captions "
         "to train one from: give a sentencepiece model path.")
   tok = tok_lib.get_or_train(config.data.tokenizer, workdir, lambda: train_source.texts(),
-                             config.data.vocab_size, config.data.tokenizer_type)
+                             config.data.vocab_size, config.data.tokenizer_type,
+                             tuple(config.data.special_tokens))
   if hasattr(train_source, "texts") and jax.process_index() == 0:
     # A caption cut short can lose the very word that names its class: say so loudly.
     frac = tok_lib.truncated_fraction(tok, train_source.texts()[:10_000], config.data.text_len)
@@ -134,6 +148,7 @@ def _build(config, workdir):
     if tokenizer is not None:
       with config.unlocked():
         _fill_vocab_size(config.model, tokenizer.vocab_size)
+        _fill_token_ids(config.model, tokenizer)
     model = models.build(config.model)
     objective = objectives.build(config.objective, config.total_steps)
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps,
@@ -181,10 +196,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, start_step = ckpt.restore_latest(state, state_shardings)
     if start_step:
       print(f"Resumed from checkpoint step {start_step} in {ckpt.directory}", flush=True)
-    elif config.init_from:
+    elif config.init_from or config.init_also:
       params, report = _params_from(config, state.params)
       state = state.replace(params=params)
-      _print_init_report(config.init_from, report, is_main)
+      _print_init_report(", ".join(p for p, _, _ in _init_sources(config)), report, is_main)
     if is_main:
       print(f"bigvl: {jax.device_count()} devices in {jax.process_count()} process(es), "
             f"mesh {dict(mesh.shape)}, {state_lib.param_count(state.params):,} params, "
@@ -300,18 +315,40 @@ def compile_step(config, b, state, state_shardings):
   return compiled, mfu_lib.compiled_flops(compiled)
 
 
+def _init_sources(config) -> list[tuple[str, str, str]]:
+  """(path, subtree, into) of `config.init_from` and of each `config.init_also` entry."""
+  out = [(config.init_from, config.init_subtree, config.init_into)] if config.init_from else []
+  for i, extra in enumerate(config.init_also):
+    extra = dict(extra)
+    unknown = set(extra) - {"init_from", "init_subtree", "init_into"}
+    if unknown or not extra.get("init_from"):
+      raise config_lib.ConfigError(
+          f"config.init_also[{i}] = {extra}: each entry is a dict with init_from (required), "
+          f"init_subtree and init_into{'; unknown ' + str(sorted(unknown)) if unknown else ''}.")
+    out.append((extra["init_from"], extra.get("init_subtree", ""), extra.get("init_into", "")))
+  return out
+
+
 def _params_from(config, params):
-  """`params` with those of `config.init_from` (its `init_subtree`, placed under `init_into`)
-  that match by path and shape; (params, report) as checkpoint.merge_params."""
-  loaded = ckpt_lib.load_params(config.init_from)
-  if config.init_subtree:
-    try:
-      loaded = ckpt_lib.subtree(loaded, config.init_subtree)
-    except ValueError as e:
-      raise config_lib.ConfigError(str(e)) from e
-  if config.init_into:
-    loaded = {f"{config.init_into.strip('/')}/{k}": v for k, v in loaded.items()}
-  return ckpt_lib.merge_params(params, loaded)
+  """`params` with those of every init source (`config.init_from` and `config.init_also`:
+  each one's `init_subtree`, placed under its `init_into`) that match by path and shape;
+  (params, report) as checkpoint.merge_params. Two sources may not give the same param."""
+  merged: dict = {}
+  for path, subtree, into in _init_sources(config):
+    loaded = ckpt_lib.load_params(path)
+    if subtree:
+      try:
+        loaded = ckpt_lib.subtree(loaded, subtree)
+      except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from e
+    if into:
+      loaded = {f"{into.strip('/')}/{k}": v for k, v in loaded.items()}
+    clash = sorted(set(loaded) & set(merged))
+    if clash:
+      raise config_lib.ConfigError(f"Init source {path} gives params another source gives too, "
+                                   f"e.g. {clash[:3]}; narrow init_subtree / init_into.")
+    merged.update(loaded)
+  return ckpt_lib.merge_params(params, merged)
 
 
 def _print_init_report(path, report, is_main):

@@ -10,7 +10,7 @@ import pytest
 
 from bigvl import models, objectives, optim, state as state_lib, step as step_lib
 from bigvl.data import digits, transforms
-from bigvl.objectives.dino import teacher_momentum
+from bigvl.objectives.dino import koleo_loss, sinkhorn_knopp, teacher_momentum
 
 BACKBONE = dict(width=32, depth=1, mlp_dim=64, num_heads=4, patch_size=4, pool="gap")
 
@@ -148,3 +148,73 @@ def test_frozen_pattern_keeps_params_fixed():
   updates, _ = tx.update(grads, tx.init(params), params)
   assert not np.any(np.asarray(updates["img"]["kernel"]))
   assert np.all(np.asarray(updates["txt"]["kernel"]) != 0)
+
+
+def _np_sinkhorn(scores, iters):
+  q = np.exp(scores - scores.max()).T        # (K, n), as DINOv2 holds it.
+  k, n = q.shape
+  q /= q.sum()
+  for _ in range(iters):
+    q /= q.sum(axis=1, keepdims=True)
+    q /= k
+    q /= q.sum(axis=0, keepdims=True)
+    q /= n
+  return (q * n).T
+
+
+def test_sinkhorn_knopp_matches_numpy_and_balances_the_batch():
+  rng = np.random.default_rng(0)
+  # Nearly identical rows (as at init): a softmax would give every row the same target.
+  scores = (1.0 + 0.03 * rng.normal(size=(16, 8))) / 0.04
+  got = np.asarray(sinkhorn_knopp(jnp.asarray(scores, jnp.float32), 3), np.float64)
+  np.testing.assert_allclose(got, _np_sinkhorn(scores, 3), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)                 # Rows: distributions.
+  np.testing.assert_allclose(got.sum(0), 16 / 8, rtol=0.05)              # Columns: balanced.
+  softmax = np.exp(scores - scores.max(1, keepdims=True))
+  softmax /= softmax.sum(1, keepdims=True)
+  assert np.ptp(got.sum(0)) < 0.1 * np.ptp(softmax.sum(0))
+
+
+def test_koleo_matches_numpy():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(12, 5))
+  got = float(koleo_loss(jnp.asarray(x, jnp.float32)))
+  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+  d = np.linalg.norm(xn[:, None] - xn[None], axis=-1)
+  np.fill_diagonal(d, np.inf)
+  np.testing.assert_allclose(got, -np.mean(np.log(d.min(1))), rtol=1e-4)
+  # Spreading the points lowers it.
+  assert float(koleo_loss(jnp.eye(12))) < float(koleo_loss(jnp.asarray(xn + 3.0, jnp.float32)))
+
+
+def test_sinkhorn_and_koleo_options_enter_the_loss():
+  model, objective, batch = _setup()
+  tx, _ = _optimizer(objective)
+  params = _state(model, objective, batch, tx).params
+  params = {**params, "center": jnp.linspace(-1, 1, 64)}
+  call = lambda o: jax.jit(lambda p: o(model, p, batch, jax.random.PRNGKey(0), train=False))(
+      params)
+  base, _ = call(objective)
+  sk, sk_aux = call(objectives.build(dict(name="dino", centering="sinkhorn"), 100))
+  ko, ko_aux = call(objectives.build(dict(name="dino", koleo_weight=0.5), 100))
+  assert not np.isclose(float(sk), float(base))   # The centre no longer matters ...
+  other_centre, _ = jax.jit(lambda p: objectives.build(dict(name="dino", centering="sinkhorn"),
+                                                       100)(model, p, batch,
+                                                            jax.random.PRNGKey(0),
+                                                            train=False))(
+      {**params, "center": jnp.zeros(64)})
+  np.testing.assert_allclose(float(other_centre), float(sk), rtol=1e-6)   # ... at all.
+  # KoLeo: the loss gains weight * mean over global crops of the student features' KoLeo.
+  crop_major = lambda x: np.asarray(x).swapaxes(0, 1).reshape((-1,) + x.shape[2:])
+  _, feats = model.apply({"params": params}, crop_major(batch["crops_global"]),
+                         with_features=True)
+  feats = np.asarray(feats).reshape(2, 4, -1)
+  expected = np.mean([float(koleo_loss(jnp.asarray(f))) for f in feats])
+  np.testing.assert_allclose(float(ko_aux["koleo"]), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(ko), float(base) + 0.5 * expected, rtol=1e-5)
+  assert "koleo" not in sk_aux
+
+
+def test_bad_centering_is_explained():
+  with pytest.raises(ValueError, match="centering"):
+    objectives.build(dict(name="dino", centering="mean"), 100)

@@ -12,14 +12,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from bigvl.convert import bigvl_io, common, hf_clip, hf_siglip, hf_vit, torch_io
+from bigvl.convert import bigvl_io, common, hf_clip, hf_gpt2, hf_siglip, hf_vit, torch_io
 from bigvl.convert import open_clip as open_clip_format
 
 Progress = Callable[[str], None]
 
 # HF config.json `model_type` -> family module.
 HF_FAMILIES = {hf_clip.MODEL_TYPE: hf_clip, hf_siglip.MODEL_TYPE: hf_siglip,
-               hf_vit.MODEL_TYPE: hf_vit}
+               hf_vit.MODEL_TYPE: hf_vit, hf_gpt2.MODEL_TYPE: hf_gpt2}
 # Families bigvl can write back to HF.
 EXPORT_FAMILIES = {"clip": hf_clip, "siglip": hf_siglip}
 
@@ -44,7 +44,7 @@ def read_hf_config(hf_dir: str):
                                  f"bigvl converts {', '.join(sorted(HF_FAMILIES))}.")
   import transformers
   cls = {"clip": transformers.CLIPConfig, "siglip": transformers.SiglipConfig,
-         "vit": transformers.ViTConfig}[model_type]
+         "vit": transformers.ViTConfig, "gpt2": transformers.GPT2Config}[model_type]
   return HF_FAMILIES[model_type], cls.from_pretrained(hf_dir)
 
 
@@ -60,7 +60,8 @@ def _image_meta(hf_dir: str) -> dict:
 
 def from_hf(hf_dir: str, out_dir: str, *, model_config: Mapping[str, Any] | None = None,
             progress: Progress = print) -> str:
-  """Converts a HF CLIPModel / SiglipModel / ViTModel directory into a bigvl checkpoint.
+  """Converts a HF CLIPModel / SiglipModel / ViTModel / GPT2LMHeadModel directory into a
+  bigvl checkpoint.
 
   Args:
     hf_dir: what `save_pretrained` wrote: config.json and model.safetensors (or

@@ -35,12 +35,13 @@ def abstract_params(model_cfg: Mapping[str, Any], meta: Mapping[str, Any]) -> di
   """The parameter shapes of `model_cfg` for inputs described by `meta`, without allocating.
 
   Args:
-    model_cfg: a bigvl model config (`vit`, `text` or `two_towers`).
-    meta: `image_size`, `channels` (default 3) and `text_len` of the inputs.
+    model_cfg: a bigvl model config (`vit`, `text`, `two_towers` or `lm`).
+    meta: `image_size`, `channels` (default 3) and `text_len` of the inputs (image_size
+      may be absent for a text-only model).
   Returns:
     flat {"img/encoder/block0/...": shape}.
   """
-  inputs = (meta["image_size"], meta.get("channels", 3), meta.get("text_len") or 1)
+  inputs = (meta.get("image_size") or 1, meta.get("channels", 3), meta.get("text_len") or 1)
   # Tracing a large model takes seconds; a conversion asks for the same shapes several times.
   return dict(_abstract_params(json.dumps(model_cfg, sort_keys=True), inputs))
 
@@ -53,9 +54,9 @@ def _abstract_params(model_cfg_json: str, inputs: tuple[int, int, int]) -> tuple
   image_size, channels, text_len = inputs
   image = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   text = jax.ShapeDtypeStruct((1, text_len), jnp.int32)
-  args = {"vit": (image,), "text": (text,), "two_towers": (image, text)}.get(name)
+  args = {"vit": (image,), "text": (text,), "two_towers": (image, text), "lm": (text,)}.get(name)
   if args is None:
-    raise common.ConversionError(f"Converted checkpoints hold vit, text or two_towers models, "
+    raise common.ConversionError(f"Converted checkpoints hold vit, text, two_towers or lm models, "
                                  f"not {name!r}.")
   init = functools.partial(model.init, train=False)
   variables = jax.eval_shape(init, jax.random.PRNGKey(0), *args)

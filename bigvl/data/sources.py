@@ -14,6 +14,7 @@ from bigvl.data import ingest  # noqa: E402,F401  (registers "folder")
 from bigvl.data import shards  # noqa: E402,F401  (registers "shards")
 from bigvl.data import shapes  # noqa: E402,F401  (registers "shapes")
 from bigvl.data import tfds_source  # noqa: E402,F401  (registers "tfds")
+from bigvl.data import interleaved  # noqa: E402,F401  (registers "interleaved")
 
 
 def build(source_cfg):

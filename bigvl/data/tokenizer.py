@@ -41,6 +41,14 @@ class Tokenizer:
       out[i, :len(ids)] = ids
     return out[0] if single else out
 
+  def piece_id(self, piece: str) -> int:
+    """The id of a piece that must be in the vocabulary (e.g. "<image>")."""
+    i = self.sp.piece_to_id(piece)
+    if self.sp.id_to_piece(i) != piece:
+      raise ValueError(f"Tokenizer {self.source} has no piece {piece!r}; train it with "
+                       f"config.data.special_tokens=({piece!r}, ...) or use one that has it.")
+    return i
+
   def decode(self, ids: Sequence[int]) -> str:
     ids = [int(i) for i in ids]
     if self.eos_id in ids:
@@ -54,29 +62,32 @@ class Tokenizer:
     os.replace(tmp, path)  # Atomic: a reader never sees half a model.
 
 
-def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe") -> Tokenizer:
-  """Trains a sentencepiece model on `texts`; ids: pad 0, unk 1, eos 2, no bos.
+def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
+          special_tokens: Sequence[str] = ()) -> Tokenizer:
+  """Trains a sentencepiece model on `texts`; ids: pad 0, unk 1, eos 2, no bos, then
+  `special_tokens` (e.g. Flamingo's "<image>", "<|endofchunk|>"), each always one piece.
 
   Single-threaded so the same texts always give the same model.
   """
   buf = io.BytesIO()
+  extra = dict(user_defined_symbols=list(special_tokens)) if special_tokens else {}
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=vocab_size,
       model_type=model_type, pad_id=0, unk_id=1, eos_id=2, bos_id=-1,
       hard_vocab_limit=False, character_coverage=1.0, num_threads=1,
-      minloglevel=2)
+      minloglevel=2, **extra)
   return Tokenizer(buf.getvalue(), source=f"<trained {model_type} vocab={vocab_size}>")
 
 
 def get_or_train(path: str, workdir: str | None, texts_fn, vocab_size: int,
-                 model_type: str = "bpe") -> Tokenizer:
+                 model_type: str = "bpe", special_tokens: Sequence[str] = ()) -> Tokenizer:
   """`path` if given; else the cached `workdir/tokenizer.model`; else train on `texts_fn()` and cache."""
   if path:
     return Tokenizer.load(path)
   cached = os.path.join(workdir, "tokenizer.model") if workdir else None
   if cached and os.path.exists(cached):
     return Tokenizer.load(cached)
-  tok = train(texts_fn(), vocab_size, model_type)
+  tok = train(texts_fn(), vocab_size, model_type, special_tokens)
   if cached:
     os.makedirs(workdir, exist_ok=True)
     tok.save(cached)

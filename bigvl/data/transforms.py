@@ -21,10 +21,30 @@ OPS = Registry("preprocessing op")
 Op = Callable[[dict, "np.random.Generator | None"], dict]
 
 
+def _split_ops(spec: str) -> list[str]:
+  """Splits on `|` outside quotes and brackets, so an op can take a quoted pp spec of its
+  own (`each_image('resize(16)|value_range(-1, 1)')`)."""
+  parts, depth, quote, start = [], 0, None, 0
+  for i, ch in enumerate(spec):
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in "'\"":
+      quote = ch
+    elif ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    elif ch == "|" and depth == 0:
+      parts.append(spec[start:i])
+      start = i + 1
+  parts.append(spec[start:])
+  return parts
+
+
 def parse(spec: str) -> list[tuple[str, list[Any], dict[str, Any]]]:
   """`"a(1, k=2)|b"` -> [("a", [1], {"k": 2}), ("b", [], {})]."""
   out = []
-  for part in (p.strip() for p in spec.split("|")):
+  for part in (p.strip() for p in _split_ops(spec)):
     if not part:
       continue
     try:

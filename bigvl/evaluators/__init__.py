@@ -38,7 +38,7 @@ def eval_batch_size(ctx: EvalContext, batch_size: int) -> int:
 
 
 from bigvl.evaluators import (  # noqa: E402,F401
-    captioning, probes, reconstruction, retrieval, zeroshot)
+    captioning, in_context, probes, reconstruction, retrieval, zeroshot)
 
 LOOP_KEYS = ("type", "every")
 

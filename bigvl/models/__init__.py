@@ -3,6 +3,8 @@
 from bigvl.registry import Registry
 from bigvl.models.captioner import Captioner, CoCa
 from bigvl.models.dino import Dino
+from bigvl.models.flamingo import Flamingo
+from bigvl.models.lm import CausalLM
 from bigvl.models.masked_image import MAE, SimMIM
 from bigvl.models.text import TextTransformer
 from bigvl.models.two_towers import TwoTowers
@@ -17,6 +19,8 @@ MODELS.register("coca")(CoCa)
 MODELS.register("mae")(MAE)
 MODELS.register("simmim")(SimMIM)
 MODELS.register("dino")(Dino)
+MODELS.register("lm")(CausalLM)
+MODELS.register("flamingo")(Flamingo)
 
 
 def build(model_cfg) -> "nn.Module":

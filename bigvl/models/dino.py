@@ -80,11 +80,14 @@ class Dino(nn.Module):
     self.teacher = DinoNet(opts, head, self.dtype)
     self.center = self.param("center", nn.initializers.zeros, (self.out_dim,))
 
-  def __call__(self, image, *, train: bool = False, teacher: bool = False):
+  def __call__(self, image, *, train: bool = False, teacher: bool = False,
+               with_features: bool = False):
+    """With `with_features`, (head outputs, pooled backbone features (b, width))."""
     if self.is_initializing():  # Create both networks' params.
       self.teacher(image)
     net = self.teacher if teacher else self.student
-    return net(image, train=train)[0]
+    out, feats = net(image, train=train)
+    return (out, feats) if with_features else out
 
   def embed_image(self, image):
     """(b, h, w, c) -> (b, width): the teacher backbone's pooled features (what DINO

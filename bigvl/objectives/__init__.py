@@ -20,7 +20,7 @@ def check_label_smoothing(value: float) -> None:
 
 # Importing the families registers them.
 from bigvl.objectives import (  # noqa: E402,F401
-    captioning, classification, contrastive, dino, masked_image)
+    captioning, classification, contrastive, dino, interleaved, language, masked_image)
 
 
 def build(objective_cfg, total_steps: int | None = None):

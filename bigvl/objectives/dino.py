@@ -6,6 +6,16 @@ global crop and the student's on every other crop. The teacher gets no gradient:
 and the centre are frozen to the optimizer (`frozen_params`) and moved by `after_update`:
 teacher <- m * teacher + (1 - m) * student, with m following a cosine from
 `teacher_momentum` to 1 over the run; centre <- c * centre + (1 - c) * mean teacher output.
+
+Options beyond the paper's (both from DINOv2, both off by default):
+
+- `centering="sinkhorn"`: the teacher's targets are a Sinkhorn-Knopp normalisation of
+  exp(teacher / teacher_temp) over the batch's global crops (`sinkhorn_iters` rounds), so
+  that every prototype gets an equal share of the batch and every crop one unit of mass,
+  instead of subtracting the EMA centre (which is still tracked, but not used).
+- `koleo_weight`: adds that times the KoLeo loss, -mean log(distance of each L2-normalised
+  student backbone feature of a global crop to its nearest neighbour among the batch's
+  features of the same crop index), which spreads the features out.
 """
 
 from __future__ import annotations
@@ -36,6 +46,30 @@ def _ema(old, new, m):
   return jax.tree.map(lambda o, n: m * o + (1.0 - m) * n, old, new)
 
 
+def sinkhorn_knopp(scores, iters: int = 3):
+  """(n, K) scores -> (n, K) targets: exp(scores) scaled alternately so that each of the K
+  columns sums to n / K and each row to 1 (the last scaling: rows sum to 1 exactly), as
+  DINOv2's SinkhornKnoppTeacher (which runs over the batch, per device)."""
+  n, k = scores.shape
+  q = jnp.exp(scores - jnp.max(scores))
+  q = q / jnp.sum(q)
+  for _ in range(iters):
+    q = q / jnp.sum(q, axis=0, keepdims=True) / k
+    q = q / jnp.sum(q, axis=1, keepdims=True) / n
+  return q * n
+
+
+def koleo_loss(x, eps: float = 1e-8):
+  """(n, d) -> -mean_i log ||x_i - x_nn(i)|| over L2-normalised rows, nn(i) the nearest
+  other row (Sablayrolles et al. 2019, as DINOv2)."""
+  x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  dots = x @ x.T
+  dots = jnp.where(jnp.eye(x.shape[0], dtype=bool), -jnp.inf, dots)
+  nn_idx = jnp.argmax(dots, axis=-1)
+  dist = jnp.linalg.norm(x - x[nn_idx] + eps, axis=-1)  # DINOv2 uses PairwiseDistance(eps).
+  return -jnp.mean(jnp.log(dist + eps))
+
+
 @OBJECTIVES.register("dino")
 @dataclasses.dataclass(frozen=True)
 class Dino:
@@ -44,6 +78,9 @@ class Dino:
   teacher_momentum: float = 0.996     # At step 0; cosine to 1 at total_steps.
   center_momentum: float = 0.9
   total_steps: int = 0                # Of the momentum schedule; the run's when not set.
+  centering: str = "ema"              # "ema" (subtract the centre) | "sinkhorn".
+  sinkhorn_iters: int = 3
+  koleo_weight: float = 0.0
 
   frozen_params: ClassVar[str] = r"teacher/.*|center"
 
@@ -53,6 +90,11 @@ class Dino:
         raise ValueError(f"config.objective.{name}={getattr(self, name)} must be in [0, 1].")
     if self.student_temp <= 0 or self.teacher_temp <= 0:
       raise ValueError("config.objective.student_temp and teacher_temp must be > 0.")
+    if self.centering not in ("ema", "sinkhorn"):
+      raise ValueError(f"config.objective.centering={self.centering!r}: valid: 'ema', "
+                       "'sinkhorn'.")
+    if self.koleo_weight < 0:
+      raise ValueError("config.objective.koleo_weight must be >= 0.")
 
   def init_inputs(self, batch):
     return (batch["crops_global"][:, 0],)
@@ -68,7 +110,8 @@ class Dino:
     apply = lambda x, **kw: model.apply({"params": params}, x, **kw)
     glob = _crop_major(batch["crops_global"])
     n_global, b = batch["crops_global"].shape[1], batch["crops_global"].shape[0]
-    student = [apply(glob, train=train, rngs={"dropout": rng})]
+    out, feats = apply(glob, train=train, rngs={"dropout": rng}, with_features=True)
+    student = [out]
     if "crops_local" in batch:
       student.append(apply(_crop_major(batch["crops_local"]), train=train,
                            rngs={"dropout": jax.random.fold_in(rng, 1)}))
@@ -77,8 +120,11 @@ class Dino:
     student = student.reshape((-1, b) + student.shape[1:])          # (crops, b, K)
 
     teacher = jax.lax.stop_gradient(apply(glob, teacher=True).astype(jnp.float32))
-    center = jax.lax.stop_gradient(nn.unbox(params["center"]))
-    t_probs = jax.nn.softmax((teacher - center) / self.teacher_temp, axis=-1)
+    if self.centering == "sinkhorn":
+      t_probs = sinkhorn_knopp(teacher / self.teacher_temp, self.sinkhorn_iters)
+    else:
+      center = jax.lax.stop_gradient(nn.unbox(params["center"]))
+      t_probs = jax.nn.softmax((teacher - center) / self.teacher_temp, axis=-1)
     t_probs = t_probs.reshape((n_global, b) + t_probs.shape[1:])
 
     total, terms = 0.0, 0
@@ -88,8 +134,14 @@ class Dino:
           total += -jnp.mean(jnp.sum(t_probs[i] * student[v], axis=-1))
           terms += 1
     loss = total / terms
+    metrics = {}
+    if self.koleo_weight:
+      feats = feats.astype(jnp.float32).reshape((n_global, b) + feats.shape[1:])
+      koleo = jnp.mean(jax.vmap(koleo_loss)(feats))
+      loss = loss + self.koleo_weight * koleo
+      metrics["koleo"] = koleo
     entropy = -jnp.mean(jnp.sum(t_probs * jnp.log(t_probs + 1e-12), axis=-1))
-    return loss, {"teacher_entropy": entropy,
+    return loss, {"teacher_entropy": entropy, **metrics,
                   "_update": {"center": jnp.mean(teacher, axis=0)}}
 
   def after_update(self, old_params, new_params, inputs, step):

@@ -3,8 +3,9 @@ judged by a linear probe and kNN on the teacher's frozen features.
 
     python -m bigvl.train --config configs/demo/dino_digits.py --workdir workdirs/dino_digits
 
-Arg: `steps=N,batch=N,locals=N,lsize=N,lmin=F,lmax=F,gmin=F,jitter=F,blur=F,solarize=F`
-(e.g. `dino_digits.py:locals=2`).
+Arg: `steps=N,batch=N,locals=N,lsize=N,lmin=F,lmax=F,gmin=F,jitter=F,blur=F,solarize=F,
+centering=ema|sinkhorn,koleo=F,depth=N,lr=F,tt=F,tm=F,k=N` (e.g. `dino_digits.py:locals=2`;
+`tt`: teacher temperature, `tm`: teacher momentum, `k`: prototypes).
 
 Status: the teacher's features do not yet beat a randomly initialised encoder's under the
 linear probe on this data and budget; see docs/self_supervised.md for what was tried.
@@ -20,7 +21,8 @@ def get_config(arg=None):
   # Photometric augmentation (jitter, blur, solarize) is off: on these 8x8 scans it made the
   # teacher collapse to a uniform output within 300 steps (docs/self_supervised.md).
   arg = parse_arg(arg, steps=2000, batch=64, locals=4, lsize=8, lmin=0.3, lmax=0.6, gmin=0.5,
-                  jitter=0.0, blur=0.0, solarize=0.0)
+                  jitter=0.0, blur=0.0, solarize=0.0, centering="ema", koleo=0.0, depth=4,
+                  lr=3e-4, tt=0.04, tm=0.99, k=256)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps
@@ -44,13 +46,14 @@ def get_config(arg=None):
   )
   c.model = dict(
       name="dino",
-      backbone=dict(width=64, depth=4, mlp_dim=256, num_heads=4, patch_size=4, posemb="learn",
+      backbone=dict(width=64, depth=arg.depth, mlp_dim=256, num_heads=4, patch_size=4, posemb="learn",
                     pool="gap"),
-      out_dim=256, hidden_dim=256, bottleneck_dim=64, head_layers=3,
+      out_dim=arg.k, hidden_dim=256, bottleneck_dim=64, head_layers=3,
   )
-  c.objective = dict(name="dino", student_temp=0.1, teacher_temp=0.04, teacher_momentum=0.99,
-                     center_momentum=0.9)
-  c.optimizer = dict(lr=3e-4, warmup_steps=200, weight_decay=0.04, schedule="cosine")
+  c.objective = dict(name="dino", student_temp=0.1, teacher_temp=arg.tt,
+                     teacher_momentum=arg.tm, center_momentum=0.9, centering=arg.centering,
+                     koleo_weight=arg.koleo)
+  c.optimizer = dict(lr=arg.lr, warmup_steps=200, weight_decay=0.04, schedule="cosine")
   c.evals = dict(
       probe=dict(type="fewshot", source="digits", pp=PP_EVAL, shots=(10,), full=True),
       knn=dict(type="knn", source="digits", pp=PP_EVAL, k=10),
