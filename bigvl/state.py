@@ -86,7 +86,11 @@ def abstract_like(state: TrainState, shardings) -> TrainState:
   def one(sharding, x):
     if isinstance(x, nn.meta.AxisMetadata):  # A logically partitioned box around one array.
       v = x.unbox()
+      if not hasattr(v, "shape"):  # optax.MaskedNode: a frozen param has no optimizer state.
+        return x
       return x.replace_boxed(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding))
+    if not hasattr(x, "shape"):
+      return x
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
   # `shardings` is a prefix of `state`: it has a sharding where `state` has a box.

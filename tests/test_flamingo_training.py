@@ -87,3 +87,22 @@ def test_loss_counts_text_tokens_not_image_markers_or_padding():
       jax.random.PRNGKey(1), logits.shape), logits)
   same, _ = next_token_loss(noisy, batch["text"], ignore_ids=(image_id,))
   assert float(same) == float(ref)
+
+
+def test_a_run_with_frozen_params_restores_from_its_checkpoint(tmp_path):
+  # Frozen params have no optimizer state (optax.MaskedNode leaves); restoring into the
+  # abstract state, as resume and `python -m bigvl.eval` do, once failed on them.
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from bigvl import checkpoint as ckpt_lib
+  model, objective, tx, schedule, state, batch, _ = _setup()
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(1, state, ml_collections.ConfigDict(dict(note="test")))
+  ckpt.wait()
+  replicated = NamedSharding(Mesh(np.array(jax.devices()[:1]), ("data",)), P())
+  shapes = jax.eval_shape(lambda: state)
+  shardings = jax.tree.map(lambda x: replicated, shapes,
+                           is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  restored = ckpt.restore(1, shapes, shardings)
+  ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, _np(restored.params), _np(state.params))
+  jax.tree.map(np.testing.assert_array_equal, _np(restored.opt_state), _np(state.opt_state))

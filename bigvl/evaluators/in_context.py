@@ -8,7 +8,8 @@ Classification scores every class c by the log-likelihood of the query chunk (th
 after the last `<image>`, through EOS) and predicts the best: `<k>shot/top1`. The supports
 are the same for every class, so only the query chunk can tell the classes apart.
 Captioning (`captioning=True`) greedily generates the query chunk after its `<image>`
-and compares it with `prompt(y)`: `<k>shot/caption_exact`.
+and compares it with `prompt(y)`: `<k>shot/caption_exact`, and `<k>shot/caption_label`,
+the fraction whose only class name is y's (any wording).
 
 The images of a query are encoded once (`encode_media`) and reused for every class.
 """
@@ -45,7 +46,7 @@ class InContext:
                support_split: str = "train", pp: str = "", shots=(0, 4),
                prompt: str = "a photo of the digit {}.", max_examples: int | None = None,
                batch_size: int = 32, seed: int = 0, captioning: bool = False,
-               text_len: int | None = None, **source_opts):
+               max_caption_len: int = 24, text_len: int | None = None, **source_opts):
     if ctx.tokenizer is None:
       raise ValueError("The in_context evaluator needs the run's tokenizer.")
     self.ctx, self.tok = ctx, ctx.tokenizer
@@ -58,6 +59,7 @@ class InContext:
     self.class_names = list(self.query.class_names)
     self.shots = tuple(int(k) for k in shots)
     self.prompt, self.seed, self.captioning = prompt, seed, captioning
+    self.max_caption_len = max_caption_len
     self.batch_size = batch_size
     self.text_len = text_len or ctx.text_len
     self.pp = transforms.build(pp)
@@ -142,9 +144,10 @@ class InContext:
       correct += int((scores.argmax(1) == self._labels[idx]).sum())
     return correct / self.n
 
-  def caption(self, params, k: int) -> float:
+  def caption(self, params, k: int) -> tuple[float, float]:
+    """(exact match with prompt(label), fraction whose only class name is the label)."""
     encode, next_token = self._next_fn()
-    exact = 0
+    exact = named = 0
     for s in range(0, self.n, self.batch_size):
       idx = np.arange(s, min(s + self.batch_size, self.n))
       prefixes = [self._prefix(i, k) + IMAGE for i in idx]
@@ -156,12 +159,13 @@ class InContext:
                            f"{self.text_len}; raise the evaluator's text_len.")
         tokens[r, :len(p)] = p
       pos = np.asarray([len(p) - 1 for p in ids])
+      stop = np.minimum(pos + self.max_caption_len, self.text_len - 1)
       done = np.zeros(len(idx), bool)
       media = encode(params, self._images(idx, k))
       while not done.all():
         nxt = np.asarray(next_token(params, media, tokens, pos))
         pos = pos + 1
-        live = ~done & (pos < self.text_len)
+        live = ~done & (pos <= stop)
         tokens[np.arange(len(idx))[live], pos[live]] = nxt[live]
         done |= ~live | (nxt == self.end_id) | (nxt == self.tok.eos_id)
         pos = np.minimum(pos, self.text_len - 1)
@@ -170,13 +174,16 @@ class InContext:
         cut = [j for j, t in enumerate(row) if t in (self.end_id, self.tok.eos_id)]
         text = self.tok.sp.decode([int(t) for t in row[:cut[0] if cut else len(row)]
                                    if t != self.tok.pad_id])
-        exact += text.strip() == self.prompt.format(self.class_names[self._labels[i]])
-    return exact / self.n
+        label = self.class_names[self._labels[i]]
+        exact += text.strip() == self.prompt.format(label)
+        words = set(text.replace(".", " ").replace(",", " ").split())
+        named += [c for c in self.class_names if c in words] == [label]
+    return exact / self.n, named / self.n
 
   def run(self, params) -> dict[str, float]:
     out = {}
     for k in self.shots:
       out[f"{k}shot/top1"] = self.classify(params, k)
       if self.captioning:
-        out[f"{k}shot/caption_exact"] = self.caption(params, k)
+        out[f"{k}shot/caption_exact"], out[f"{k}shot/caption_label"] = self.caption(params, k)
     return out
