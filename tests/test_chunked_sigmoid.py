@@ -72,6 +72,7 @@ def _assert_errors(errors: dict, what: str, tol=TOL):
 MESHES = ["data=8/data", "data=2xfsdp=4/data,fsdp"]
 
 
+@pytest.mark.slow  # Its 8-device subprocess fixture takes ~50 s.
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
 @pytest.mark.parametrize("mesh", MESHES)
 def test_chunked_equals_dense_value_and_gradients(eight_devices, mesh, impl):

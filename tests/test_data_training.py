@@ -79,6 +79,7 @@ def test_webdataset_shards_convert_and_train(tmp_path, demo_config):
   assert last < 0.5 * first, (first, last)  # 14 image-caption pairs: it learns them.
 
 
+@pytest.mark.slow  # 44 s: a training run over 100 files.
 def test_three_corrupt_files_of_100_train_and_are_reported(tmp_path, demo_config, capfd):
   """Acceptance 5: a folder source with 3 unreadable images of 100 trains one epoch;
   data/skipped reports 3 and the log names each file."""

@@ -70,6 +70,7 @@ def test_greedy_logprob_is_the_teacher_forced_logprob_and_beam1_is_greedy():
   assert (lp4 >= lp - 1e-5).all()
 
 
+@pytest.mark.slow  # 41 s of sampling compiles.
 def test_sampling_honours_eos_temperature_and_top_k():
   model = _captioner()
   image, text = _inputs(8)

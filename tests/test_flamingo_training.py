@@ -37,7 +37,9 @@ def _setup():
       b2=0.999, weight_decay=0.1, wd_pattern=r".*/kernel$", grad_clip=1.0, frozen_pattern=""))
   tx, schedule = optim.make_optimizer(cfg, 100, frozen=objective.frozen_params)
   spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-  state = jax.jit(state_lib.init_fn(model, objective, tx, spec))(jax.random.PRNGKey(0))
+  # unsafe_rbg: compiling the init with the default threefry key took ~20 s of CPU.
+  state = jax.jit(state_lib.init_fn(model, objective, tx, spec))(
+      jax.random.key(0, impl="unsafe_rbg"))
   return model, objective, tx, schedule, state, batch, tok
 
 

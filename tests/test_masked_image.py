@@ -89,7 +89,8 @@ def _encoder_token_counts(fn):
   return seen
 
 
-@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.3])
+@pytest.mark.parametrize("ratio", [0.75, pytest.param(0.5, marks=pytest.mark.slow),
+                                   pytest.param(0.3, marks=pytest.mark.slow)])
 def test_mae_encoder_receives_round_1_minus_ratio_tokens(ratio):
   model = models.build(dict(name="mae", encoder=ENC, decoder_width=16, decoder_depth=1,
                             decoder_mlp_dim=32, decoder_heads=2, channels=1))
@@ -111,6 +112,7 @@ def _mae_setup(ratio=0.75):
   return model, params, img
 
 
+@pytest.mark.slow  # 39 s.
 def test_mae_loss_ignores_visible_patches():
   model, params, img = _mae_setup()
   rng = jax.random.PRNGKey(5)

@@ -123,6 +123,7 @@ def test_kill9_during_checkpoint_write(tmp_path, uninterrupted):
   _assert_same_params(workdir, uninterrupted)
 
 
+@pytest.mark.slow  # 35 s: a training subprocess.
 def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
   workdir = tmp_path / "term"
   rc, out = _run_until(workdir, 15, "--config.total_steps=5000", *FAST, sig=signal.SIGTERM)
@@ -197,7 +198,8 @@ def _first_step_with(index, config):
   return None
 
 
-@pytest.mark.parametrize("policy", ["stop", pytest.param("skip", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 34 s per policy: training subprocesses.
+@pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nan_in_batch(tmp_path, monkeypatch, policy):
   _nan_source_module(tmp_path)
   monkeypatch.syspath_prepend(str(tmp_path))

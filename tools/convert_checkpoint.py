@@ -1,6 +1,6 @@
 """Convert checkpoints between HF transformers / open_clip and bigvl.
 
-  # HF CLIPModel / SiglipModel / ViTModel directory (config.json + weights) -> bigvl:
+  # HF CLIPModel / SiglipModel / ViTModel / GPT2LMHeadModel directory (config.json + weights) -> bigvl:
   python tools/convert_checkpoint.py hf path/to/hf_dir converted/clip-b32
   # open_clip state dict, with the open_clip model name (or --open_clip_config file.json):
   python tools/convert_checkpoint.py open_clip open_clip_pytorch_model.bin converted/b32 \

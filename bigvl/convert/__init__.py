@@ -1,11 +1,11 @@
-"""Checkpoint conversion: HF transformers (CLIP, SigLIP, ViT) and open_clip <-> bigvl.
+"""Checkpoint conversion: HF transformers (CLIP, SigLIP, ViT, GPT-2) and open_clip <-> bigvl.
 
     from bigvl.convert import from_hf, load_converted
     from_hf("hf/clip-vit-base-patch32", "converted/clip-b32")
     model, params = load_converted("converted/clip-b32")
 
 The CLI is tools/convert_checkpoint.py; docs/convert.md shows zero-shot classification.
-One module per format (hf_clip, hf_siglip, hf_vit, open_clip) lists its tensors' names and
+One module per format (hf_clip, hf_siglip, hf_vit, hf_gpt2, open_clip) lists its tensors' names and
 layouts; common.py applies them; bigvl_io.py owns the output directory.
 """
 

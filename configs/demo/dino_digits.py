@@ -28,7 +28,7 @@ def get_config(arg=None):
   c.total_steps = arg.steps
   c.batch_size = arg.batch
   c.log_every = 100
-  c.eval_every = 1000
+  c.eval_every = 500
   c.checkpoint_every = 1000
 
   vr = lambda key: f"value_range(-1, 1, key='{key}')"
