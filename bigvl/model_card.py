@@ -52,6 +52,7 @@ def write(workdir: str, config, last_metrics: dict, step: int | None) -> str:
       f"- optimizer: {dict(config.optimizer)}",
       f"- model: `{json.dumps(model, default=str)}`",
       f"- objective: `{json.dumps(objective, default=str)}`",
+      *_init_lines(config),
       f"- the whole resolved config: `config.json`; metrics: `metrics.jsonl`, TensorBoard: "
       "`tensorboard --logdir " + shlex.quote(workdir) + "`",
       "",
@@ -82,3 +83,17 @@ def write(workdir: str, config, last_metrics: dict, step: int | None) -> str:
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return path
+
+
+def _init_lines(config) -> list[str]:
+  """One line per params-only init source (`init_from`, `init_also`), if any."""
+  sources = []
+  if config.get("init_from"):
+    sources.append(dict(init_from=config.init_from, init_subtree=config.get("init_subtree", ""),
+                        init_into=config.get("init_into", "")))
+  sources += [dict(x) for x in config.get("init_also", ())]
+  lines = []
+  for src in sources:
+    what = f"`{src.get('init_subtree') or '(all)'}` of {src['init_from']}"
+    lines.append(f"- initialised from: {what}, into `{src.get('init_into') or '(top level)'}`")
+  return lines

@@ -101,3 +101,15 @@ def test_init_also_loads_two_sources_and_rejects_overlap(tmp_path, monkeypatch):
   config.init_also = (dict(init_from="B", into="vision"),)
   with pytest.raises(config_lib.ConfigError, match="unknown"):
     train._params_from(config, params)
+
+
+def test_model_card_names_every_init_source():
+  from bigvl import config_lib, model_card
+  config = config_lib.with_defaults(config_lib.ml_collections.ConfigDict(dict(
+      init_from="runs/lm", init_into="lm",
+      init_also=(dict(init_from="runs/siglip", init_subtree="img", init_into="vision"),))))
+  assert model_card._init_lines(config) == [
+      "- initialised from: `(all)` of runs/lm, into `lm`",
+      "- initialised from: `img` of runs/siglip, into `vision`"]
+  assert model_card._init_lines(config_lib.with_defaults(
+      config_lib.ml_collections.ConfigDict())) == []
