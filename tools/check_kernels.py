@@ -85,6 +85,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="Small shapes (CPU interpret mode).")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtypes", default="bfloat16,float32", help="Comma list of dtypes to check.")
   args = p.parse_args(argv)
   rng = np.random.default_rng(args.seed)
   dev = jax.devices()[0]
@@ -98,7 +99,9 @@ def main(argv=None) -> int:
             (2, 129, 300, 2, 64), (1, 4096, 4096, 2, 64)]
     losses = [(1000, 256), (4100, 512)]
   failures = 0
-  for dtype_name, dtype in (("bfloat16", jnp.bfloat16), ("float32", jnp.float32)):
+  dtypes = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+  for dtype_name in args.dtypes.split(","):
+    dtype = dtypes[dtype_name]
     tol = TOLERANCE[dtype_name]
     for b, lq, lk, h, d in attn:
       for causal in (False, True):

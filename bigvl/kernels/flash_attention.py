@@ -41,15 +41,40 @@ class BlockSizes:
   """Tile sizes. Each is clipped to the (power-of-two rounded) sequence length.
 
   block_q, block_k: query / key tile of the forward kernel.
-  block_q_bwd, block_k_bwd: query / key tile of both backward kernels. block_q_bwd None
-    picks 64 for head dims up to 64 and 128 above: on an H200 (benchmarks/kernels_gpu.md)
-    128 made fwd+bwd at head dim 128 1.4x (seq 1024) to 1.7x (seq 4096) faster, while at
-    head dim 64 it was within 5% either way.
+  block_q_bwd, block_k_bwd: query / key tile of both backward kernels.
+
+  None (the defaults) picks: block_q 128; block_k 128; block_q_bwd 64 for head dims up to
+  64 and 128 above (on an H200, benchmarks/kernels_gpu.md, 128 made fwd+bwd at head dim
+  128 1.4x to 1.7x faster and was within 5% at 64); block_k_bwd 64. Each tile that a
+  kernel's loop streams (keys/values in the forward and dq kernels, queries/output grads
+  in the dk/dv kernel) is then halved until its pipelined buffers fit shared memory
+  (`loop_smem_bytes`): float32 at head dim 128 with 128-row tiles asked for 256 KiB on an
+  H200, which has 227 KiB, and did not launch.
   """
-  block_q: int = 128
-  block_k: int = 128
+  block_q: int | None = None
+  block_k: int | None = None
   block_q_bwd: int | None = None
-  block_k_bwd: int = 64
+  block_k_bwd: int | None = None
+
+
+# Shared memory a kernel's loop may take for its streamed tiles (H100/H200: 227 KiB per
+# block), leaving room for the rest.
+SMEM_BUDGET = 192 * 1024
+PIPELINE_STAGES = 2
+
+
+def loop_smem_bytes(block: int, head_dim: int, itemsize: int) -> int:
+  """Shared memory of the two (block, head_dim) tiles a kernel's loop loads per step, times
+  the pipeline stages: 2 * 2 * 128 * 128 * 4 = 262144 bytes is exactly what the H200
+  reported for float32 at head dim 128 with 128-row tiles."""
+  return PIPELINE_STAGES * 2 * block * head_dim * itemsize
+
+
+def _default_block(preferred: int, head_dim: int, itemsize: int) -> int:
+  block = preferred
+  while block > 16 and loop_smem_bytes(block, head_dim, itemsize) > SMEM_BUDGET:
+    block //= 2
+  return block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,19 +406,29 @@ def default_interpret() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def default_block_sizes(head_dim: int, itemsize: int) -> BlockSizes:
+  """The tiles `BlockSizes()` resolves to for this head dim and dtype (see BlockSizes)."""
+  d = max(16, pl.next_power_of_2(head_dim))
+  return BlockSizes(block_q=128, block_k=_default_block(128, d, itemsize),
+                    block_q_bwd=_default_block(64 if d <= 64 else 128, d, itemsize),
+                    block_k_bwd=_default_block(64, d, itemsize))
+
+
 def prepare(q_shape, kv_len: int, *, causal: bool, has_mask: bool,
             block_sizes: BlockSizes | None, interpret: bool | None,
-            num_warps: int | None = None):
+            num_warps: int | None = None, itemsize: int = 4):
   """Resolves block sizes and padded lengths; returns (cfg, lq_pad, lk_pad, d_pad)."""
+  _, lq, _, d = q_shape
   bs = block_sizes or BlockSizes()
+  auto = default_block_sizes(d, itemsize)
+  bs = BlockSizes(**{f: getattr(bs, f) or getattr(auto, f)
+                     for f in ("block_q", "block_k", "block_q_bwd", "block_k_bwd")})
   interpret = default_interpret() if interpret is None else interpret
   if not interpret:
     check_gpu_blocks(dataclasses.asdict(bs))
-  _, lq, _, d = q_shape
   # tl.dot needs tiles of at least 16 on GPU; the interpreter takes anything.
   floor = 1 if interpret else 16
-  block_q_bwd = bs.block_q_bwd or (64 if d <= 64 else 128)
-  bq, bq_b = _fit(bs.block_q, lq, floor), _fit(block_q_bwd, lq, floor)
+  bq, bq_b = _fit(bs.block_q, lq, floor), _fit(bs.block_q_bwd, lq, floor)
   bk, bk_b = _fit(bs.block_k, kv_len, floor), _fit(bs.block_k_bwd, kv_len, floor)
   lq_pad = _round_up(lq, math.lcm(bq, bq_b))
   lk_pad = _round_up(kv_len, math.lcm(bk, bk_b))
@@ -436,6 +471,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     raise ValueError(f"flash_attention takes a key-padding mask of shape (batch, kv_len) = "
                      f"{(b, lk)}; got {mask.shape}. Use impl='xla' for general masks.")
   cfg, lq_pad, lk_pad, d_pad = prepare(q.shape, lk, causal=causal, has_mask=mask is not None,
+                                       itemsize=q.dtype.itemsize,
                                        block_sizes=block_sizes, interpret=interpret,
                                        num_warps=num_warps)
   pad_q = ((0, 0), (0, lq_pad - lq), (0, 0), (0, d_pad - d))
