@@ -149,10 +149,20 @@ def checkpoint_dir(path: str) -> tuple[str, int]:
 
 
 def load_params(path: str) -> dict[str, np.ndarray]:
-  """Params of a checkpoint as {"/"-joined path: array}, on the host, whatever mesh saved it."""
-  directory, step = checkpoint_dir(path)
-  tree = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-  flat = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+  """Params of a checkpoint as {"/"-joined path: array}, on the host, whatever mesh saved it.
+
+  `path` is a training run (workdir, its checkpoints/ or one step's dir) or a converted
+  checkpoint (tools/convert_checkpoint.py: config.json + params/), e.g. HF GPT-2 to start
+  a Flamingo's `lm/` from.
+  """
+  converted = os.path.join(os.path.abspath(path), "params")
+  if os.path.isdir(converted) and os.path.exists(os.path.join(path, "config.json")):
+    params = ocp.StandardCheckpointer().restore(converted)
+  else:
+    directory, step = checkpoint_dir(path)
+    params = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step),
+                                                             "state"))["params"]
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
   out = {}
   for p, leaf in flat:
     key = path_str(p)

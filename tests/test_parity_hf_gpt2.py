@@ -170,3 +170,34 @@ def test_rules_invert_bit_exact():
 def test_gpt2_124m_matches_hf(tmp_path):
   # GPT2Config's defaults are OpenAI's GPT-2 small (124M parameters, 50257 tokens).
   check_parity(transformers.GPT2Config(), tmp_path)
+
+
+def test_converted_gpt2_starts_a_flamingo_lm_with_hf_logits(tiny_hf_dir, tmp_path):
+  """Bringing a real LM: the converted directory is an init source (`init_from` +
+  `init_into="lm"`), and at init (gates 0) the Flamingo's logits are GPT-2's."""
+  import jax.numpy as jnp
+  import ml_collections
+  from bigvl import config_lib, models, train
+  tool = load_tool("convert_checkpoint")
+  out = str(tmp_path / "converted")
+  assert tool.main(["hf", tiny_hf_dir, out]) == 0
+  lm_cfg = converted_config(out)
+  lm_cfg.pop("name")
+  model = models.build(dict(
+      name="flamingo", vision=dict(width=32, depth=1, mlp_dim=64, num_heads=4, patch_size=4),
+      lm=lm_cfg, resampler=dict(depth=1, num_latents=4, num_heads=4, mlp_dim=64),
+      xattn=dict(num_heads=4, mlp_dim=64), image_token_id=7))
+  ids = token_ids(100)
+  ids[:, 3] = 7                                    # One image marker per row.
+  images = jnp.zeros((2, 1, 8, 8, 3))
+  params = model.init(jax.random.key(0, impl="unsafe_rbg"), images, ids)["params"]
+  config = config_lib.with_defaults(ml_collections.ConfigDict(dict(init_from=out,
+                                                                   init_into="lm")))
+  params, report = train._params_from(config, params)
+  assert report["loaded"] and all(k.startswith("lm/") for k in report["loaded"])
+  assert not [k for k in report["new"] if k.startswith("lm/")]
+  got = np.asarray(model.apply({"params": params}, images, ids))
+  ref = transformers.GPT2LMHeadModel.from_pretrained(tiny_hf_dir).eval()
+  with torch.no_grad():
+    want = ref(torch.from_numpy(ids.astype(np.int64))).logits.numpy()
+  assert testing.max_abs_diff(got, want) <= TOL
