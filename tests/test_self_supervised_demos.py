@@ -1,8 +1,10 @@
 """The MAE demo learns features that a linear probe separates at least 10 points better
 than those of the same encoder at its random init; the FLIP demo (SigLIP with half the
 patches masked) still reaches zero-shot >= 0.85, and after its unmasked tuning phase too.
-Acceptance 2 (MAE) and 4 of issue 8. The DINO demo does not reach that bar yet
-(docs/self_supervised.md), so no test claims it."""
+Acceptance 2 (MAE and DINO) and 4 of issue 8. The DINO demo's margin is thin (10.6 points,
+2 of the 360 test digits, in 11.2 min on 2 otherwise idle cores; docs/self_supervised.md);
+the pipeline is deterministic, so the same machine gives the same numbers, but shared
+cores can push it past 15 minutes."""
 
 import json
 import os
@@ -38,7 +40,7 @@ def _random_init(workdir):
 
 
 @pytest.mark.demo
-@pytest.mark.parametrize("demo", ["mae_digits"])
+@pytest.mark.parametrize("demo", ["mae_digits", "dino_digits"])
 def test_demo_linear_probe_beats_random_init_by_10_points(demo, tmp_path):
   last, minutes = _train(os.path.join(DEMOS, f"{demo}.py"), tmp_path)
   base = _random_init(tmp_path)

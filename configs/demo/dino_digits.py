@@ -7,8 +7,12 @@ Arg: `steps=N,batch=N,locals=N,lsize=N,lmin=F,lmax=F,gmin=F,jitter=F,blur=F,sola
 centering=ema|sinkhorn,koleo=F,depth=N,lr=F,tt=F,tm=F,k=N` (e.g. `dino_digits.py:locals=2`;
 `tt`: teacher temperature, `tm`: teacher momentum, `k`: prototypes).
 
-Status: the teacher's features do not yet beat a randomly initialised encoder's under the
-linear probe on this data and budget; see docs/self_supervised.md for what was tried.
+Defaults (docs/self_supervised.md): KoLeo on the student's features (weight 0.1), the
+paper's EMA centring, two global crops of 30-100% and no local crops (2.4x faster steps, so
+more epochs fit), lr 1e-3, 5000 steps. Measured on 2 CPU cores: 11.2 min, linear probe
+0.950 and kNN 0.978 against 0.844 and 0.664 for the same encoder at its random init
+(`python -m bigvl.eval --workdir DIR --random_init`), a margin of 10.6 points: just over
+the 10-point bar, so no test asserts it yet.
 """
 
 from bigvl.config_lib import parse_arg
@@ -20,9 +24,11 @@ PP_EVAL = "resize(16)|value_range(-1, 1)"
 def get_config(arg=None):
   # Photometric augmentation (jitter, blur, solarize) is off: on these 8x8 scans it made the
   # teacher collapse to a uniform output within 300 steps (docs/self_supervised.md).
-  arg = parse_arg(arg, steps=2000, batch=64, locals=4, lsize=8, lmin=0.3, lmax=0.6, gmin=0.5,
-                  jitter=0.0, blur=0.0, solarize=0.0, centering="ema", koleo=0.0, depth=4,
-                  lr=3e-4, tt=0.04, tm=0.99, k=256)
+  # Local crops (locals=4, gmin=0.5: the original demo) made the linear probe worse than a
+  # random encoder's at this budget; KoLeo is what gets the teacher off its near-uniform start.
+  arg = parse_arg(arg, steps=5000, batch=64, locals=0, lsize=8, lmin=0.3, lmax=0.6, gmin=0.3,
+                  jitter=0.0, blur=0.0, solarize=0.0, centering="ema", koleo=0.1, depth=4,
+                  lr=1e-3, tt=0.04, tm=0.99, k=256)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps
