@@ -4,15 +4,17 @@ judged by a linear probe and kNN on the teacher's frozen features.
     python -m bigvl.train --config configs/demo/dino_digits.py --workdir workdirs/dino_digits
 
 Arg: `steps=N,batch=N,locals=N,lsize=N,lmin=F,lmax=F,gmin=F,jitter=F,blur=F,solarize=F,
-centering=ema|sinkhorn,koleo=F,depth=N,lr=F,tt=F,tm=F,k=N` (e.g. `dino_digits.py:locals=2`;
-`tt`: teacher temperature, `tm`: teacher momentum, `k`: prototypes).
+centering=ema|sinkhorn,koleo=F,depth=N,width=N,pool=cls|gap|map,lr=F,tt=F,tm=F,k=N,seed=N`
+(e.g. `dino_digits.py:locals=2`; `tt`: teacher temperature, `tm`: teacher momentum, `k`:
+prototypes).
 
-Defaults (docs/self_supervised.md): KoLeo on the student's features (weight 0.1), the
-paper's EMA centring, two global crops of 30-100% and no local crops (2.4x faster steps, so
-more epochs fit), lr 1e-3, 5000 steps. Measured on 2 CPU cores: 11.2 min, linear probe
-0.950 and kNN 0.978 against 0.844 and 0.664 for the same encoder at its random init
-(`python -m bigvl.eval --workdir DIR --random_init`), a margin of 10.6 points: just over
-the 10-point bar, so no test asserts it yet.
+Defaults (docs/self_supervised.md): the backbone pools its class token (the paper's
+feature), KoLeo on the student's features (weight 0.1), the paper's EMA centring, two
+global crops of 30-100% and no local crops (2.4x faster steps, so more epochs fit), lr 2e-3,
+5000 steps. Measured on 2 CPU cores: 4.6 min, linear probe 0.958 and kNN 0.972 against
+0.836 and 0.675 for the same encoder at its random init (`python -m bigvl.eval --workdir
+DIR --random_init`): 12.2 points. Other seeds (`seed=1`, `seed=2`) gave 8.3 and 15.3
+points: the margin is seed-dependent, mostly through the random baseline (0.79-0.85).
 """
 
 from bigvl.config_lib import parse_arg
@@ -28,9 +30,9 @@ def get_config(arg=None):
   # random encoder's at this budget; KoLeo is what gets the teacher off its near-uniform start.
   arg = parse_arg(arg, steps=5000, batch=64, locals=0, lsize=8, lmin=0.3, lmax=0.6, gmin=0.3,
                   jitter=0.0, blur=0.0, solarize=0.0, centering="ema", koleo=0.1, depth=4,
-                  lr=1e-3, tt=0.04, tm=0.99, k=256)
+                  lr=2e-3, tt=0.04, tm=0.99, k=256, pool="cls", width=64, seed=0)
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = arg.seed
   c.total_steps = arg.steps
   c.batch_size = arg.batch
   c.log_every = 100
@@ -52,8 +54,8 @@ def get_config(arg=None):
   )
   c.model = dict(
       name="dino",
-      backbone=dict(width=64, depth=arg.depth, mlp_dim=256, num_heads=4, patch_size=4, posemb="learn",
-                    pool="gap"),
+      backbone=dict(width=arg.width, depth=arg.depth, mlp_dim=4 * arg.width, num_heads=4,
+                    patch_size=4, posemb="learn", pool=arg.pool),
       out_dim=arg.k, hidden_dim=256, bottleneck_dim=64, head_layers=3,
   )
   c.objective = dict(name="dino", student_temp=0.1, teacher_temp=arg.tt,
