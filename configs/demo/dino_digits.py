@@ -11,7 +11,8 @@ prototypes).
 Defaults (docs/self_supervised.md): the backbone pools its class token (the paper's
 feature), KoLeo on the student's features (weight 0.1), the paper's EMA centring, two
 global crops of 30-100% and no local crops (2.4x faster steps, so more epochs fit), lr 2e-3,
-5000 steps. Measured on 2 CPU cores: 4.6 min, linear probe 0.958 and kNN 0.972 against
+5000 steps. Measured on 2 idle CPU cores: 5.2 min (19 steps/s; a slower 2-core machine ran
+this schedule at 8 steps/s, 11 min), linear probe 0.958 and kNN 0.972 against
 0.836 and 0.675 for the same encoder at its random init (`python -m bigvl.eval --workdir
 DIR --random_init`): 12.2 points. Other seeds (`seed=1`, `seed=2`) gave 8.3 and 15.3
 points: the margin is seed-dependent, mostly through the random baseline (0.79-0.85).
