@@ -10,6 +10,8 @@ import sys
 
 import jax
 
+from bigvl import atomic_file
+
 
 def _source(cfg) -> str:
   cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
@@ -80,8 +82,7 @@ def write(workdir: str, config, last_metrics: dict, step: int | None) -> str:
     ]
   lines += ["```", "", "Command that trained it:", "", "```bash", _command(), "```", ""]
   path = os.path.join(workdir, "README.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
+  atomic_file.write(path, "\n".join(lines))
   return path
 
 

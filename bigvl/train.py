@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import checkpoint as ckpt_lib
 from bigvl import mfu as mfu_lib
+from bigvl import atomic_file
 from bigvl import config_lib, metrics as metrics_lib, model_card, models, objectives, optim
 from bigvl import sharding as sh
 from bigvl import state as state_lib
@@ -185,8 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   b = _build(config, workdir)
   mesh, rules, evals = b["mesh"], b["rules"], b["evals"]
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+    atomic_file.write(os.path.join(workdir, "config.json"), config.to_json(indent=2))
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as preemption:
     state, state_shardings = state_lib.create(b["model"], b["objective"], b["tx"],

@@ -26,6 +26,7 @@ import re
 import sys
 import time
 
+from bigvl import atomic_file
 from bigvl.data import ingest, records, shards
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -113,10 +114,8 @@ def verify_image(data: bytes) -> str | None:
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)  # Atomic: an interrupted write leaves the previous version.
+  # Atomic: an interrupted write leaves the previous version.
+  atomic_file.write(path, json.dumps(obj, indent=1))
 
 
 def _shard_name(split: str, k: int) -> str:
@@ -152,7 +151,7 @@ def _check(item, verify: bool):
 
 def _write_shard(path: str, examples) -> None:
   from array_record.python.array_record_module import ArrayRecordWriter
-  tmp = path + ".tmp"
+  tmp = atomic_file.temp_path(path)
   writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
   try:
     for ex in examples:
@@ -221,13 +220,11 @@ class Journal:
     return journal
 
   def _rewrite(self) -> None:
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      head = {"version": JOURNAL_VERSION, "config": self.config}
-      f.writelines(json.dumps(e) + "\n" for e in [head, *self.shards])
-      if self.complete:
-        f.write(json.dumps({"complete": True}) + "\n")
-    os.replace(tmp, self.path)
+    head = {"version": JOURNAL_VERSION, "config": self.config}
+    lines = [json.dumps(e) + "\n" for e in [head, *self.shards]]
+    if self.complete:
+      lines.append(json.dumps({"complete": True}) + "\n")
+    atomic_file.write(self.path, "".join(lines))
 
   def _append(self, entry: dict) -> None:
     with open(self.path, "a") as f:

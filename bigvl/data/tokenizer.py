@@ -9,6 +9,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from bigvl import atomic_file
+
 
 class Tokenizer:
   """Wraps a sentencepiece model. Texts -> (n, length) int32 ids: pieces, EOS, then pad."""
@@ -56,10 +58,7 @@ class Tokenizer:
     return self.sp.decode([i for i in ids if i != self.pad_id])
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.write(self._proto)
-    os.replace(tmp, path)  # Atomic: a reader never sees half a model.
+    atomic_file.write(path, self._proto)  # Every process of a run may save the same path.
 
 
 def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
