@@ -151,7 +151,8 @@ def _check(item, verify: bool):
 
 def _write_shard(path: str, examples) -> None:
   from array_record.python.array_record_module import ArrayRecordWriter
-  tmp = atomic_file.temp_path(path)
+  # One writer per shard path: a fixed name, so a rerun after a kill overwrites the leftover.
+  tmp = path + ".tmp"
   writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
   try:
     for ex in examples:
