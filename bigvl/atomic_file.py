@@ -13,14 +13,9 @@ import os
 import uuid
 
 
-def temp_path(path: str) -> str:
-  """A name beside `path` that no other process or thread writing `path` will use."""
-  return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def write(path: str, data: bytes | str) -> None:
   """Writes `data` to `path` atomically; the temporary file is removed if the write fails."""
-  tmp = temp_path(path)
+  tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # No other writer's name.
   try:
     with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
       f.write(data)
