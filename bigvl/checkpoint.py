@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 
@@ -25,8 +24,9 @@ import orbax.checkpoint as ocp
 from bigvl import state as state_lib
 from bigvl.optim import path_str
 
-# Test hook: SIGKILL this process while the save of this step is being written.
-FAULT_KILL_DURING_SAVE = "BIGVL_FAULT_KILL_DURING_SAVE"
+class LayoutError(ValueError):
+  """A checkpoint holds a train state of another layout than this bigvl's; it is left where
+  it is, and the message says how to use it."""
 
 
 class Checkpointer:
@@ -57,11 +57,29 @@ class Checkpointer:
       # A snapshot, not the live iterator: an async save must not see later batches.
       items["data"] = grain.checkpoint.CheckpointSave(_DataState(data_state))
     self.manager.save(step, args=ocp.args.Composite(**items))
-    if os.environ.get(FAULT_KILL_DURING_SAVE) == str(step):
-      _kill_once_writing(self.directory, step)
+
+  def check_layout(self, step: int) -> None:
+    """Raises LayoutError when checkpoint `step` was written with an older train-state
+    layout (before `objective_state`: DINO's teacher and centre were params then).
+    A checkpoint whose metadata cannot be read at all is left to `restore` to report."""
+    try:
+      tree = self.manager.item_metadata(step)["state"].tree
+    except Exception:  # Unreadable metadata: damaged, handled as such by the caller.
+      return
+    if isinstance(tree, dict) and state_lib.LAYOUT_FIELD not in tree:
+      path = os.path.join(self.directory, str(step))
+      raise LayoutError(
+          f"Checkpoint {path} has the train-state layout of an older bigvl (no "
+          f"'{state_lib.LAYOUT_FIELD}'; e.g. DINO's teacher and centre stored as params), "
+          "which this version cannot resume. Resume it with the bigvl version that wrote it, "
+          f"or start a new run in another workdir from its params with "
+          f"--config.init_from={path} (params-only; an old DINO run's teacher loads as the "
+          "new student with --config.init_subtree=teacher --config.init_into=student).")
 
   def restore(self, step: int, state, shardings):
-    """Restores `step` into arrays with the shapes and shardings of `state`/`shardings`."""
+    """Restores `step` into arrays with the shapes and shardings of `state`/`shardings`;
+    LayoutError for a checkpoint of an older layout."""
+    self.check_layout(step)
     target = state_lib.abstract_like(state, shardings)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
@@ -87,6 +105,7 @@ class Checkpointer:
     aside to `workdir/corrupt_checkpoints/`, never deleted; the next older one is tried.
     """
     for step in reversed(self.all_steps()):
+      self.check_layout(step)  # A checkpoint of another layout is not damaged: never moved.
       try:
         return self.restore(step, state, shardings), step
       except Exception as e:  # Orbax/tensorstore raise many types for damaged files.
@@ -124,16 +143,6 @@ class _DataState:
     pass
 
 
-def _kill_once_writing(directory: str, step: int) -> None:
-  # Wait until orbax's temporary directory for `step` exists, then die without cleanup.
-  deadline = time.time() + 30
-  while time.time() < deadline:
-    if any(n.startswith(f"{step}.") or (n.startswith(str(step)) and "tmp" in n)
-           for n in os.listdir(directory)):
-      os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.001)
-
-
 def checkpoint_dir(path: str) -> tuple[str, int]:
   """A workdir, its checkpoints dir, or one step's dir -> (checkpoints dir, step)."""
   path = os.path.abspath(path)
@@ -148,20 +157,23 @@ def checkpoint_dir(path: str) -> tuple[str, int]:
   return path, max(steps)
 
 
-def load_params(path: str) -> dict[str, np.ndarray]:
+def load_params(path: str, *, objective_state: bool = False) -> dict[str, np.ndarray]:
   """Params of a checkpoint as {"/"-joined path: array}, on the host, whatever mesh saved it.
 
   `path` is a training run (workdir, its checkpoints/ or one step's dir) or a converted
   checkpoint (tools/convert_checkpoint.py: config.json + params/), e.g. HF GPT-2 to start
-  a Flamingo's `lm/` from.
+  a Flamingo's `lm/` from. With `objective_state`, a training run's objective state comes
+  too, under `objective_state/` (DINO's teacher: `objective_state/teacher/...`).
   """
   converted = os.path.join(os.path.abspath(path), "params")
   if os.path.isdir(converted) and os.path.exists(os.path.join(path, "config.json")):
     params = ocp.StandardCheckpointer().restore(converted)
   else:
     directory, step = checkpoint_dir(path)
-    params = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step),
-                                                             "state"))["params"]
+    saved = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+    params = saved["params"]
+    if objective_state and saved.get("objective_state"):
+      params = {**params, "objective_state": saved["objective_state"]}
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   out = {}
   for p, leaf in flat:

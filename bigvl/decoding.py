@@ -33,7 +33,15 @@ def _full_decode(module, memory, tokens):
   return module.dec(tokens, memory, decode=True)
 
 
-def _step(model, params, memory, cache, prev):
+def step(model, params, memory, cache, prev):
+  """One decoding step with the KV cache (the body of every decoder here; for custom loops).
+
+  Args:
+    memory: (b, m, d) from the model's `encode`; cache: from `init_cache` or the previous step;
+    prev: (b,) int32, the token each sequence emitted last (`pad_id` at the start).
+  Returns:
+    (log-probabilities (b, vocab) float32 of the next token, the updated cache).
+  """
   logits, mutated = model.apply({"params": params, "cache": cache}, prev[:, None], memory,
                                 method="decode_step", mutable=["cache"])
   return jax.nn.log_softmax(logits.astype(jnp.float32)), mutated["cache"]
@@ -69,7 +77,7 @@ def _sample(model, params, memory, rng, *, max_len, eos_id, pad_id, temperature,
 
   def body(carry, key):
     cache, prev, done, total = carry
-    logp, cache = _step(model, params, memory, cache, prev)
+    logp, cache = step(model, params, memory, cache, prev)
     if temperature == 0.0:
       nxt = jnp.argmax(logp, axis=-1)
     else:
@@ -119,7 +127,7 @@ def _beam_search(model, params, memory, *, beam_size, max_len, eos_id, pad_id):
   def body(carry, t):
     cache, seqs, scores, done = carry
     prev = jnp.where(t == 0, pad_id, seqs[:, :, jnp.maximum(t - 1, 0)])
-    logp, cache = _step(model, params, memory_k, cache, flat(prev))
+    logp, cache = step(model, params, memory_k, cache, flat(prev))
     vocab = logp.shape[-1]
     logp = logp.reshape(b, k, vocab)
     # A finished beam may only continue with padding, at no cost.

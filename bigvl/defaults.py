@@ -28,7 +28,7 @@ def get_defaults() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).
   c.objective = ml_collections.ConfigDict()  # name + the objective's own options (see bigvl/objectives).
-  c.evals = ml_collections.ConfigDict()      # eval name -> {type, every?, ...evaluator options}.
+  c.evals = ml_collections.ConfigDict()      # eval name -> {name, every?, data?: {name, split, pp, ...}, ...evaluator options}.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"      # adamw | sgd | adafactor
@@ -48,7 +48,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.sharding.rules = "dp"         # Preset name (dp | fsdp | fsdp_tp) or a list of (logical, mesh axes).
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = ml_collections.ConfigDict()  # {source, split, pp, ...source options} or {mixture: {name: {source, weight, pp?, ...}}, pp}
+  c.data.train = ml_collections.ConfigDict()  # {name, split, pp, ...source options} or {mixture: {label: {name, weight, pp?, ...}}, pp}
   c.data.tokenizer = ""           # Path of a sentencepiece model; "" trains one on the train captions.
   c.data.vocab_size = 96          # Vocabulary of a tokenizer trained here.
   c.data.tokenizer_type = "bpe"   # bpe | unigram, for a tokenizer trained here.

@@ -15,14 +15,13 @@ import json
 import os
 import sys
 
-import flax.linen as nn
 import jax
 import ml_collections
 from absl import app, flags
 
 from bigvl import checkpoint as ckpt_lib
 from bigvl import config_lib
-from bigvl import state as state_lib
+from bigvl import run as run_lib
 from bigvl import train
 
 FLAGS = flags.FLAGS
@@ -44,9 +43,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore(config, workdir: str, step: int | None = None):
-  """(what train._build gives, step, train state) of checkpoint `step` (None: the newest) of
-  the run in `workdir`; `config` has the loop's defaults."""
-  b = train._build(config, workdir)
+  """(run, step, train state) of checkpoint `step` (None: the newest) of the run in
+  `workdir`, restored onto this process's mesh whatever mesh saved it."""
+  run = run_lib.build(config, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   steps = ckpt.all_steps()
   if not steps:
@@ -55,21 +54,11 @@ def restore(config, workdir: str, step: int | None = None):
   if step not in steps:
     raise config_lib.ConfigError(f"No checkpoint for step {step} in {ckpt.directory}; "
                                  f"available: {steps}.")
-  mesh, rules = b["mesh"], b["rules"]
-  init = state_lib.init_fn(b["model"], b["objective"], b["tx"], b["batch_spec"])
-  shapes, shardings = state_lib.abstract(init, config.seed, mesh, rules)
+  shapes, shardings = run.abstract_state()
   # Outside the mesh context: there a boxed abstract param would be sharding-constrained.
   state = ckpt.restore(step, shapes, shardings)
   ckpt.close()
-  return b, step, state
-
-
-def _run_evals(b, params) -> dict[str, float]:
-  with jax.set_mesh(b["mesh"]), nn.logical_axis_rules(b["rules"]):
-    results = {}
-    for name, (evaluator, _) in sorted(b["evals"].items()):
-      results.update({f"eval/{name}/{k}": v for k, v in evaluator.run(params).items()})
-  return results
+  return run, step, state
 
 
 def _with_evals(config):
@@ -81,17 +70,15 @@ def _with_evals(config):
 
 def evaluate(config, workdir: str, step: int | None = None) -> tuple[int, dict[str, float]]:
   """(step, {"eval/<name>/<metric>": value}) of checkpoint `step` (None: the newest)."""
-  b, step, state = restore(_with_evals(config), workdir, step)
-  return step, _run_evals(b, state.params)
+  run, step, state = restore(_with_evals(config), workdir, step)
+  return step, run.evaluate(state)
 
 
 def evaluate_random_init(config, workdir: str) -> dict[str, float]:
   """{"eval/<name>/<metric>": value} of the params the run started from (before step 1)."""
-  config = _with_evals(config)
-  b = train._build(config, workdir)
-  state, _ = state_lib.create(b["model"], b["objective"], b["tx"], b["batch_spec"],
-                              config.seed, b["mesh"], b["rules"])
-  return _run_evals(b, state.params)
+  run = run_lib.build(_with_evals(config), workdir)
+  state, _ = run.create_state()
+  return run.evaluate(state)
 
 
 def main(argv) -> int:
@@ -114,7 +101,7 @@ def main(argv) -> int:
       step, results = "random_init", evaluate_random_init(config, FLAGS.workdir)
     else:
       step, results = evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, ckpt_lib.LayoutError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if jax.process_index() == 0:

@@ -16,10 +16,10 @@ from bigvl import atomic_file
 def _source(cfg) -> str:
   cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
   if "mixture" in cfg:
-    return "mixture of " + ", ".join(f"{n} ({c.get('source')}, weight {c.get('weight', 1.0)})"
+    return "mixture of " + ", ".join(f"{n} ({c.get('name')}, weight {c.get('weight', 1.0)})"
                                      for n, c in sorted(cfg["mixture"].items()))
-  opts = {k: v for k, v in cfg.items() if k not in ("source", "pp")}
-  return f"{cfg.get('source')} {opts}".strip()
+  opts = {k: v for k, v in cfg.items() if k not in ("name", "pp")}
+  return f"{cfg.get('name')} {opts}".strip()
 
 
 def _command() -> str:

@@ -19,8 +19,10 @@ import optax
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array             # int32 scalar: steps taken so far (skipped ones included).
-  params: Any                 # Boxed (nn.LogicallyPartitioned) param tree.
+  params: Any                 # Boxed (nn.LogicallyPartitioned) param tree: what gradients train.
   opt_state: Any
+  objective_state: Any        # What the objective keeps that gradients do not train (DINO's
+                              # EMA teacher and centre); {} for most. See objectives/protocol.py.
   rng: jax.Array              # Raw uint32 key; per-step keys are fold_in(rng, step).
   skipped_steps: jax.Array    # int32: steps whose update was dropped for a non-finite loss/grad.
   nonfinite_step: jax.Array   # int32: first such step, 0 if none.
@@ -31,10 +33,20 @@ class TrainState:
 NONFINITE = {1: "train/loss", 2: "train/grad_norm"}
 
 
+# The field every train state of this layout has; a checkpoint without it was written by an
+# older bigvl (before objective state had a slot of its own) and is refused on resume.
+LAYOUT_FIELD = "objective_state"
+
+
+def has_hook(objective, name: str) -> bool:
+  """Whether `objective` defines the optional hook `name` (objectives/protocol.py)."""
+  return callable(getattr(objective, name, None))
+
+
 def model_inputs(objective, batch) -> tuple:
   """Positional model inputs for `model.init`: the objective's choice, else image(s) [, text],
   else text alone (a language model)."""
-  if hasattr(objective, "init_inputs"):
+  if has_hook(objective, "init_inputs"):
     return tuple(objective.init_inputs(batch))
   for images in ("image", "images"):
     if images in batch and "text" in batch:
@@ -54,10 +66,11 @@ def init_fn(model: nn.Module, objective, tx: optax.GradientTransformation, batch
     dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), batch_spec)
     params = model.init({"params": params_key, "dropout": dropout_key},
                         *model_inputs(objective, dummy), train=False)["params"]
-    if hasattr(objective, "prepare_params"):  # E.g. DINO's teacher starts as the student.
-      params = objective.prepare_params(params)
+    objective_state = (objective.init_state(params) if has_hook(objective, "init_state")
+                       else {})
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=train_key,
+    return TrainState(step=zero, params=params, opt_state=tx.init(params),
+                      objective_state=objective_state, rng=train_key,
                       skipped_steps=zero, nonfinite_step=zero, nonfinite_metric=zero,
                       data_skipped=zero)
   return init

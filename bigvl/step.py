@@ -1,12 +1,26 @@
-"""One train step: objective -> grads -> optax -> metrics. Pure; jitted by the loop."""
+"""One train step: objective -> grads -> optax -> objective state -> metrics. Pure; jitted by
+the loop."""
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from bigvl.state import TrainState
+from bigvl.objectives.protocol import Aux
+from bigvl.state import TrainState, has_hook
+
+
+@flax.struct.dataclass
+class DataInfo:
+  """The loader's bookkeeping of a batch's rows, as global arrays (B,).
+
+  skipped: bool, True where an unreadable example was replaced by a readable one.
+  source: int32, the index of the data source (mixture component) each row came from.
+  """
+  skipped: jax.Array
+  source: jax.Array
 
 
 def _value_and_grad(loss_fn, params, batch, accum_steps: int):
@@ -33,37 +47,66 @@ def _value_and_grad(loss_fn, params, batch, accum_steps: int):
   return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule,
-               grad_accum_steps: int = 1):
-  """Returns (new_state, metrics) with metrics scalars named `train/...`.
+@flax.struct.dataclass
+class StepResult:
+  """What one train step tells the loop, beside the new state.
 
-  An objective may define `after_update(old_params, new_params, inputs, step) -> params`,
-  applied after the optimizer (`inputs`: what its loss returned as aux["_update"]).
+  metrics: {"train/...", "data/...": scalar}, all logged.
+  nonfinite_step: int32 scalar, the first step whose loss or gradient was NaN/Inf (0: none);
+    the loop stops on it under config.nonfinite="stop".
+  nonfinite_metric: int32 scalar, what was non-finite then (a key of state.NONFINITE).
+  source_counts: int32 (num_sources,), examples of this batch drawn from each data source
+    (mixture component, in the loader's order).
+  """
+  metrics: dict
+  nonfinite_step: jax.Array
+  nonfinite_metric: jax.Array
+  source_counts: jax.Array
 
-  A step whose loss or gradient is not finite changes neither params nor optimizer
-  state; it is counted in `skipped_steps`, and the first one is recorded so that the
-  loop can stop (config.nonfinite="stop") naming it.
+
+def _loss_fn(objective, model, rng, objective_state):
+  """params, batch -> (loss, Aux) of the objective, the Aux always typed."""
+  kwargs = {"objective_state": objective_state} if has_hook(objective, "init_state") else {}
+
+  def loss_fn(params, batch):
+    loss, aux = objective.loss(model, params, batch, rng, train=True, **kwargs)
+    return loss, (aux if isinstance(aux, Aux) else Aux(metrics=dict(aux)))
+  return loss_fn
+
+
+def train_step(state: TrainState, batch: dict, data_info: DataInfo | None = None, *, model, objective, tx,
+               schedule, grad_accum_steps: int = 1, num_sources: int = 1):
+  """Returns (new_state, StepResult).
+
+  batch: the model inputs, global arrays with leading dimension config.batch_size.
+  data_info: the loader's bookkeeping of the same rows (unreadable examples replaced,
+    source of each row); never seen by the objective. None: no row skipped, all from
+    source 0 (tests, benchmarks).
+
+  After the optimizer, an objective with objective state gets
+  `update_state(objective_state, old_params, new_params, aux.update_inputs, step)`.
+  A step whose loss or gradient is not finite changes neither params, optimizer state nor
+  objective state; it is counted in `skipped_steps`, and the first one is recorded so that
+  the loop can stop (config.nonfinite="stop") naming it.
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  if data_info is None:
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    data_info = DataInfo(skipped=jnp.zeros((rows,), bool), source=jnp.zeros((rows,), jnp.int32))
   # Loader bookkeeping, not model input: counted here so the total is global and saved.
-  batch = dict(batch)
-  skipped = batch.pop("_skipped", None)
-  data_skipped = state.data_skipped + (0 if skipped is None else skipped.sum(dtype=jnp.int32))
+  data_skipped = state.data_skipped + data_info.skipped.sum(dtype=jnp.int32)
+  source_counts = jnp.zeros((num_sources,), jnp.int32).at[data_info.source].add(1)
 
-  def loss_fn(params, b):
-    return objective(model, params, b, rng, train=True)
-
+  loss_fn = _loss_fn(objective, model, rng, state.objective_state)
   (loss, aux), grads = _value_and_grad(loss_fn, state.params, batch, grad_accum_steps)
-  aux = dict(aux)
-  # Arrays the objective hands to its own after_update (DINO's batch centre); not metrics.
-  update_inputs = aux.pop("_update", None)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  if hasattr(objective, "after_update"):
-    # Updates that are not gradient steps (an EMA teacher, a running centre), from the old
-    # and the new params.
-    params = objective.after_update(state.params, params, update_inputs, state.step)
+  objective_state = state.objective_state
+  if has_hook(objective, "update_state"):
+    # Updates that are not gradient steps (an EMA teacher, a running centre).
+    objective_state = objective.update_state(state.objective_state, state.params, params,
+                                             aux.update_inputs, state.step)
 
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -73,6 +116,7 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
       step=step,
       params=keep_new(params, state.params),
       opt_state=keep_new(opt_state, state.opt_state),
+      objective_state=keep_new(objective_state, state.objective_state),
       skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
       nonfinite_step=jnp.where(first_bad, step, state.nonfinite_step),
       nonfinite_metric=jnp.where(first_bad, jnp.where(jnp.isfinite(loss), 2, 1),
@@ -81,9 +125,8 @@ def train_step(state: TrainState, batch: dict, *, model, objective, tx, schedule
   metrics = {"train/loss": loss, "train/grad_norm": grad_norm,
              "train/lr": schedule(state.step),
              "train/skipped_steps": new_state.skipped_steps,
-             "data/skipped": data_skipped,
-             # Underscored: read by the loop, not logged.
-             "_nonfinite_step": new_state.nonfinite_step,
-             "_nonfinite_metric": new_state.nonfinite_metric}
-  metrics.update({f"train/{k}": jnp.asarray(v, jnp.float32) for k, v in aux.items()})
-  return new_state, metrics
+             "data/skipped": data_skipped}
+  metrics.update({f"train/{k}": jnp.asarray(v, jnp.float32) for k, v in aux.metrics.items()})
+  return new_state, StepResult(metrics=metrics, nonfinite_step=new_state.nonfinite_step,
+                               nonfinite_metric=new_state.nonfinite_metric,
+                               source_counts=source_counts)

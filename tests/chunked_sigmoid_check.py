@@ -197,7 +197,7 @@ def check_train_step(steps=3, mesh_cfg=None, rules="dp"):
       state, losses = state0, []
       for bt in batches:
         state, m = step_fn(state, bt)
-        losses.append(float(m["train/loss"]))
+        losses.append(float(m.metrics["train/loss"]))
       out[f"chunked={chunked}"] = {
           "losses": losses,
           # Proof that the ring ran (and that the dense step has none).

@@ -12,6 +12,40 @@ DEMO_CLIP = os.path.join(REPO, "configs", "demo", "clip_digits.py")
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+KINDS = ("unit", "integration")
+
+
+def kind_of(item):
+  """A collected test's kind: the nearest `unit` / `integration` mark (a test's own mark
+  over its class's over its module's `pytestmark`). Raises ValueError naming what is wrong."""
+  for node in reversed(item.listchain()):
+    kinds = {m.name for m in node.own_markers if m.name in KINDS}
+    if len(kinds) > 1:
+      raise ValueError(f"{item.nodeid}: marked both unit and integration on {node.name!r}")
+    if kinds:
+      kind = kinds.pop()
+      if kind == "unit" and any(item.iter_markers(name="slow")) or (
+          kind == "unit" and any(item.iter_markers(name="demo"))):
+        raise ValueError(f"{item.nodeid}: slow and demo tests are integration tests; mark it "
+                         "@pytest.mark.integration")
+      return kind
+  raise ValueError(f"{item.nodeid}: no kind; mark the module `pytestmark = pytest.mark.unit` "
+                   "(in-process, seconds) or `pytest.mark.integration` (subprocess, training, "
+                   "several processes, over ~10 s), or the test itself where a module has both")
+
+
+@pytest.hookimpl(tryfirst=True)  # Before `-m` deselects: every collected test must have a kind.
+def DISABLED_pytest_collection_modifyitems(config, items):
+  errors = []
+  for item in items:
+    try:
+      kind_of(item)
+    except ValueError as e:
+      errors.append(str(e))
+  if errors:
+    raise pytest.UsageError("every test is unit or integration (see pyproject.toml):\n  "
+                            + "\n  ".join(errors))
+
 
 def load_tool(name):
   """tools/<name>.py imported as a module (tools/ is not a package)."""

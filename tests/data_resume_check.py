@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bigvl import checkpoint as ckpt_lib  # noqa: E402
 from bigvl.data import loader  # noqa: E402
 
-CFG = dict(source="data_sources:IndexSource", n=120, pp="keep('index', 'image')")
+CFG = dict(name="data_sources:IndexSource", n=120, pp="keep('index', 'image')")
 BATCH = 8
 
 
@@ -37,12 +37,12 @@ def main(port, num, pid, workers, mode, workdir):
     it = loader.train_iterator(CFG, start_step=0, **kwargs)
     out = []
     for step in range(1, 201):
-      out.append(next(it)["index"])
+      out.append(next(it).inputs["index"])
       if step == 100:
         ckpt.save(step, state, config, data_state=it.get_state())
   else:
     it = loader.train_iterator(CFG, start_step=0, state=ckpt.restore_data_state(100), **kwargs)
-    out = [next(it)["index"] for _ in range(100)]
+    out = [next(it).inputs["index"] for _ in range(100)]
   ckpt.wait()
   ckpt.close()
   it.close() if hasattr(it, "close") else None

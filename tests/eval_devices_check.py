@@ -29,10 +29,9 @@ def main():
   ctx = EvalContext(model=tt, tokenizer=tok, text_len=16, mesh=mesh, rules=rules)
   pp = "resize(16)|value_range(-1, 1)"
   with jax.set_mesh(mesh):
-    for name, cfg in (("zeroshot", dict(type="zeroshot", source="digits", split="test", pp=pp,
-                                        batch_size=64)),
-                      ("retrieval", dict(type="retrieval", source="digits", split="test", pp=pp,
-                                         batch_size=64))):
+    data = dict(name="digits", split="test", pp=pp)
+    for name, cfg in (("zeroshot", dict(name="zeroshot", data=data, batch_size=64)),
+                      ("retrieval", dict(name="retrieval", data=data, batch_size=64))):
       out.update({f"{name}/{k}": v for k, v in build(name, cfg, ctx).run(params).items()})
     stok = tok_lib.train(shapes.Shapes("train", n=2000).texts(), vocab_size=64)
     cap = models.build(dict(name="captioner", image=dict(patch_size=8, posemb="learn", **TOWER),
@@ -40,14 +39,13 @@ def main():
     cparams = cap.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32),
                        np.zeros((1, 16), np.int32))["params"]
     cctx = EvalContext(model=cap, tokenizer=stok, text_len=16, mesh=mesh, rules=rules)
-    for name, cfg in (("captioning", dict(type="captioning", source="shapes", split="test",
-                                          n=48, pp="value_range(-1, 1)", batch_size=16, show=0)),
-                      ("scoring", dict(type="scoring_zeroshot", source="shapes", split="test",
-                                       task="color", n=48, pp="value_range(-1, 1)",
-                                       batch_size=16)),
-                      ("perplexity", dict(type="perplexity", source="shapes", split="test",
-                                          n=48, batch_size=16,
-                                          pp="value_range(-1, 1)|choose_text|tokenize"))):
+    shapes_data = dict(name="shapes", split="test", n=48, pp="value_range(-1, 1)")
+    for name, cfg in (("captioning", dict(name="captioning", data=shapes_data, batch_size=16,
+                                          show=0)),
+                      ("scoring", dict(name="scoring_zeroshot", batch_size=16,
+                                       data=dict(shapes_data, task="color"))),
+                      ("perplexity", dict(name="perplexity", batch_size=16, data=dict(
+                          shapes_data, pp="value_range(-1, 1)|choose_text|tokenize")))):
       out.update({f"{name}/{k}": v for k, v in build(name, cfg, cctx).run(cparams).items()})
   print(json.dumps(out))
 

@@ -24,7 +24,6 @@ import os
 import sys
 import time
 
-import flax.linen as nn
 import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,15 +64,14 @@ def check_state(workdir: str, batch_size: int = 8, compiled: bool = True) -> dic
                       ("fsdp", "{'data': 1, 'fsdp': 8, 'tensor': 1}")):
     t0 = time.perf_counter()
     config = b16_config(batch_size, [("sharding.rules", rules), ("sharding.mesh", mesh)])
-    b = tool.build(config, workdir)
-    shapes, shardings = tool.abstract_state(b, config.seed)
-    r = dict(mesh=dict(b["mesh"].shape), params=tool.state_lib.param_count(shapes.params),
+    run = tool.build(config, workdir)
+    shapes, shardings = tool.abstract_state(run)
+    r = dict(mesh=dict(run.mesh.shape), params=tool.state_lib.param_count(shapes.params),
              analytic_bytes=tool.state_bytes_per_device(shapes, shardings),
              params_bytes=tool.state_bytes_per_device(shapes.params, shardings.params))
     if compiled:
-      init = tool.state_lib.init_fn(b["model"], b["objective"], b["tx"], b["batch_spec"])
-      with jax.set_mesh(b["mesh"]), nn.logical_axis_rules(b["rules"]):
-        program = jax.jit(init, out_shardings=shardings).lower(
+      with run.context():
+        program = jax.jit(run.state_init(), out_shardings=shardings).lower(
             jax.random.PRNGKey(config.seed)).compile()
       mem = program.memory_analysis()
       r.update(output_bytes=int(mem.output_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes))
@@ -102,9 +100,9 @@ def check_remat(workdir: str, batch_size: int = 32,
   for policy in policies:
     t0 = time.perf_counter()
     config = b16_config(batch_size, [("model.image.remat", policy), ("model.text.remat", policy)])
-    b = tool.build(config, workdir)
-    shapes, shardings = tool.abstract_state(b, config.seed)
-    compiled, flops = tool.compile_step(config, b, shapes, shardings)
+    run = tool.build(config, workdir)
+    shapes, shardings = tool.abstract_state(run)
+    compiled, flops = tool.compile_step(run, shapes, shardings)
     out[policy] = dict(tool.memory_stats(compiled), flops_per_device_per_step=flops,
                        seconds=round(time.perf_counter() - t0, 1))
     log(f"remat {policy}: {out[policy]}")

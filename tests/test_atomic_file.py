@@ -23,7 +23,7 @@ def test_processes_saving_the_same_tokenizer_at_once_all_succeed(tmp_path):
   tok = tok_lib.train(digits.Digits("train").texts()[:500], 64)
   path = str(tmp_path / "tokenizer.model")
   with multiprocessing.get_context("spawn").Pool(4) as pool:
-    assert all(pool.map(_save_many, [(path, tok._proto, 300)] * 4))
+    assert all(pool.map(_save_many, [(path, tok.sp.serialized_model_proto(), 300)] * 4))
   assert tok_lib.Tokenizer.load(path).vocab_size == tok.vocab_size
   assert os.listdir(tmp_path) == ["tokenizer.model"]
 

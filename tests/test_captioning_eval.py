@@ -26,8 +26,8 @@ def ctx_params():
 
 def test_captioning_eval_scores_the_greedy_captions(ctx_params):
   ctx, params = ctx_params
-  ev = captioning.CaptioningEval(ctx, source="shapes", split="test", n=40,
-                                 pp="value_range(-1, 1)", batch_size=16, show=0)
+  ev = captioning.CaptioningEval(ctx, data=dict(name="shapes", split="test", n=40,
+                                                pp="value_range(-1, 1)"), batch_size=16, show=0)
   generated = ev.generate(params)
   assert sorted(generated) == list(range(40))
   # The same captions as decoding directly.
@@ -47,8 +47,8 @@ def test_captioning_eval_scores_the_greedy_captions(ctx_params):
 
 def test_scoring_zeroshot_picks_the_most_likely_prompt(ctx_params):
   ctx, params = ctx_params
-  ev = captioning.ScoringZeroShot(ctx, source="shapes", split="test", task="color", n=24,
-                                  pp="value_range(-1, 1)", batch_size=8)
+  ev = captioning.ScoringZeroShot(ctx, data=dict(name="shapes", split="test", task="color",
+                                                 n=24, pp="value_range(-1, 1)"), batch_size=8)
   src = shapes.Shapes("test", n=24, task="color")
   pp = transforms.build("value_range(-1, 1)")
   images = np.stack([pp(src[i], None)["image"] for i in range(24)])
@@ -67,7 +67,7 @@ def test_perplexity_is_exp_of_the_captioning_loss_over_all_tokens(ctx_params):
   ctx, params = ctx_params
   pp = "value_range(-1, 1)|choose_text|tokenize"
   # Batches of 16 over 40 examples: the last one padded, which must not count.
-  out = captioning.Perplexity(ctx, source="shapes", split="test", n=40, pp=pp,
+  out = captioning.Perplexity(ctx, data=dict(name="shapes", split="test", n=40, pp=pp),
                               batch_size=16).run(params)
   src = shapes.Shapes("test", n=40)
   op = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=16)
@@ -83,15 +83,16 @@ def test_captioning_evals_refuse_a_two_tower_model(ctx_params):
   ctx, _ = ctx_params
   other = EvalContext(model=models.build(dict(name="vit", patch_size=8, **TOWER)),
                       tokenizer=ctx.tokenizer, text_len=16, mesh=ctx.mesh, rules=ctx.rules)
-  with pytest.raises(ValueError, match="needs a captioning model"):
-    captioning.CaptioningEval(other, source="shapes", split="test")
+  with pytest.raises(ValueError, match="evaluator 'captioning' needs a model with encode"):
+    captioning.CaptioningEval(other, data=dict(name="shapes", split="test"))
 
 
 @pytest.mark.slow
 def test_captioning_eval_images_show_each_image_over_its_caption(ctx_params):
   ctx, params = ctx_params
-  ev = captioning.CaptioningEval(ctx, source="shapes", split="test", n=8,
-                                 pp="value_range(-1, 1)", batch_size=8, show=0, num_images=3)
+  ev = captioning.CaptioningEval(ctx, data=dict(name="shapes", split="test", n=8,
+                                                pp="value_range(-1, 1)"),
+                                 batch_size=8, show=0, num_images=3)
   ev.run(params)
   grid = ev.images()["captions"]
   assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3

@@ -87,7 +87,7 @@ def test_failure_while_writing_leaves_no_directory(hf_dir, tmp_path, monkeypatch
     calls.append(path)
     raise OSError("disk full")
 
-  monkeypatch.setattr(bigvl_io, "_write_json", fail)
+  monkeypatch.setattr(bigvl_io, "write_json", fail)
   with pytest.raises(OSError, match="disk full"):
     convert.from_hf(hf_dir, str(tmp_path / "out"), progress=lambda _: None)
   assert calls  # It failed after the params were written...

@@ -58,28 +58,28 @@ def test_resize_bilinear_matches_known_values():
 
 
 def test_stream_is_a_function_of_seed_and_step(tok):
-  cfg = dict(source="digits", split="train", pp=PP)
+  cfg = dict(name="digits", split="train", pp=PP)
   ctx = dict(tokenizer=tok, text_len=16)
   a = loader.train_dataset(cfg, batch_size=8, seed=3, context=ctx)
   b = loader.train_dataset(cfg, batch_size=8, seed=3, context=ctx)
   c = loader.train_dataset(cfg, batch_size=8, seed=4, context=ctx)
   for s in (0, 5, 400):  # 400 * 8 > 1437: later epochs too.
-    np.testing.assert_array_equal(a[s]["image"], b[s]["image"])
-    np.testing.assert_array_equal(a[s]["text"], b[s]["text"])
-  assert not np.array_equal(a[0]["image"], c[0]["image"])
+    np.testing.assert_array_equal(a[s].inputs["image"], b[s].inputs["image"])
+    np.testing.assert_array_equal(a[s].inputs["text"], b[s].inputs["text"])
+  assert not np.array_equal(a[0].inputs["image"], c[0].inputs["image"])
   it = loader.train_iterator(cfg, batch_size=8, seed=3, start_step=5, context=ctx)
-  np.testing.assert_array_equal(next(it)["image"], a[5]["image"])
+  np.testing.assert_array_equal(next(it).inputs["image"], a[5].inputs["image"])
 
 
 def test_two_processes_split_every_global_batch(tok):
-  cfg = dict(source="digits", split="train", pp="choose_text|tokenize|keep('image', 'text')")
+  cfg = dict(name="digits", split="train", pp="choose_text|tokenize|keep('image', 'text')")
   ctx = dict(tokenizer=tok, text_len=16)
   whole = loader.train_dataset(cfg, batch_size=8, seed=1, context=ctx)
   parts = [loader.train_dataset(cfg, batch_size=8, seed=1, context=ctx, process_index=p,
                                 process_count=2) for p in range(2)]
   for s in (0, 3):
-    got = np.concatenate([parts[0][s]["image"], parts[1][s]["image"]])
-    want = whole[s]["image"]
+    got = np.concatenate([parts[0][s].inputs["image"], parts[1][s].inputs["image"]])
+    want = whole[s].inputs["image"]
     assert sorted(map(bytes, got)) == sorted(map(bytes, want))
 
 
@@ -94,4 +94,4 @@ def test_eval_batches_pad_and_mask():
 
 def test_unknown_source():
   with pytest.raises(ValueError, match="Unknown data source 'digit'.*'digits'"):
-    sources.build(dict(source="digit", split="train"))
+    sources.build(dict(name="digit", split="train"))

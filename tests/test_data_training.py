@@ -25,14 +25,14 @@ def test_folder_to_shards_to_batches_match_the_original_files(tmp_path):
   assert code == 0, log
   tok = tok_lib.train([t for e in expected for t in e["texts"]], vocab_size=96)
   context = dict(tokenizer=tok, text_len=12)
-  cfg = dict(source="shards", data_dir=str(tmp_path / "ds"), pp=PP)
+  cfg = dict(name="shards", data_dir=str(tmp_path / "ds"), pp=PP)
   seed, batch_size = 3, 8
   ds = loader.train_dataset(cfg, batch_size=batch_size, seed=seed, context=context)
   stream = loader.Stream(cfg, seed=seed, context=context)
   pp = transforms.build(PP, tokenizer=tok, text_len=12)
   n = len(expected)
   for s in range(2 * n // batch_size + 1):  # Past the first epoch too.
-    batch = ds[s]
+    batch = ds[s].inputs
     assert batch["image"].shape == (batch_size, 32, 32, 3)
     for k in range(batch_size):
       j = s * batch_size + k
@@ -45,7 +45,7 @@ def test_folder_to_shards_to_batches_match_the_original_files(tmp_path):
       np.testing.assert_array_equal(batch["image"][k], want["image"])
       np.testing.assert_array_equal(batch["text"][k], want["text"])
       assert tok.decode(batch["text"][k]) in original["texts"]
-  assert not any(ds[s]["_skipped"].any() for s in range(3))
+  assert not any(ds[s].skipped.any() for s in range(3))
 
 
 def _tiny_config(demo_config, train_cfg, steps, batch):
@@ -68,7 +68,7 @@ def test_webdataset_shards_convert_and_train(tmp_path, demo_config):
   assert code == 0, log
   pp = ("decode(1)|inception_crop(16, scale=(0.5, 1.0))|value_range(-1, 1)|choose_text|"
         "tokenize|keep('image', 'text')")
-  config = _tiny_config(demo_config, dict(source="shards", data_dir=str(tmp_path / "ds"),
+  config = _tiny_config(demo_config, dict(name="shards", data_dir=str(tmp_path / "ds"),
                                           pp=pp), steps=60, batch=8)
   config.data.vocab_size = 64
   train.train_and_evaluate(config, str(tmp_path / "wd"))
@@ -96,7 +96,7 @@ def test_three_corrupt_files_of_100_train_and_are_reported(tmp_path, demo_config
       (images / name).write_bytes(data)
       f.write(json.dumps({"image": name, "caption": f"digit {i % 10}"}) + "\n")
   pp = "decode(1)|value_range(-1, 1)|choose_text|tokenize|keep('image', 'text')"
-  config = _tiny_config(demo_config, dict(source="folder", images_dir=str(images),
+  config = _tiny_config(demo_config, dict(name="folder", images_dir=str(images),
                                           captions_file=str(tmp_path / "captions.jsonl"), pp=pp),
                         steps=10, batch=10)
   config.data.vocab_size = 40

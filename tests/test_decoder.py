@@ -46,7 +46,7 @@ def test_kv_cache_logits_equal_full_forward_at_every_position(make):
   cache = decoding.init_cache(model, params, memory, L)
   prev = jnp.zeros((3,), jnp.int32)  # The start token is pad (0).
   for t in range(L):
-    logp, cache = decoding._step(model, params, memory, cache, prev)
+    logp, cache = decoding.step(model, params, memory, cache, prev)
     np.testing.assert_allclose(logp, jax.nn.log_softmax(full[:, t]), atol=1e-5, rtol=1e-5)
     prev = text[:, t]
 
@@ -125,7 +125,7 @@ def test_generative_objectives_give_finite_losses_and_gradients():
     params = _params(model, image, text)
     obj = objectives.build(dict(name=name, **opts))
     (loss, metrics), grads = jax.value_and_grad(
-        lambda p: obj(model, p, batch, jax.random.PRNGKey(0)), has_aux=True)(params)
+        lambda p: obj.loss(model, p, batch, jax.random.PRNGKey(0)), has_aux=True)(params)
     assert np.isfinite(loss) and loss > 0, name
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads)), name
   # CoCa's text embedding works without an image (zero-shot prompts).

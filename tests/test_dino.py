@@ -1,5 +1,5 @@
-"""DINO: no gradient reaches the teacher, the EMA and the centre update against NumPy,
-multi-crop batches, and the optimizer keeping off frozen params."""
+"""DINO: the teacher and centre live in the objective state (never params), no gradient
+reaches them, the EMA and the centre update against NumPy, multi-crop batches."""
 
 import flax.linen as nn
 import jax
@@ -29,7 +29,7 @@ def _optimizer(objective, total_steps=100):
   cfg = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-2, schedule="constant", warmup_steps=0, min_lr_ratio=0.0, b1=0.9,
       b2=0.999, weight_decay=0.1, wd_pattern=r".*/kernel$", grad_clip=1.0, frozen_pattern=""))
-  return optim.make_optimizer(cfg, total_steps, frozen=objective.frozen_params)
+  return optim.make_optimizer(cfg, total_steps)
 
 
 def _state(model, objective, batch, tx):
@@ -42,23 +42,39 @@ def _np(tree):
   return jax.tree.map(lambda x: np.asarray(x, np.float64), nn.unbox(tree))
 
 
-def test_teacher_starts_as_the_student_and_gets_no_gradient():
+def _loss(objective, model, params, objective_state, batch, rng=jax.random.PRNGKey(1),
+          train=True):
+  return objective.loss(model, params, batch, rng, train=train,
+                        objective_state=objective_state)
+
+
+def test_teacher_starts_as_the_student_lives_outside_params_and_gets_no_gradient():
   model, objective, batch = _setup()
   tx, _ = _optimizer(objective)
   state = _state(model, objective, batch, tx)
-  params = state.params
-  jax.tree.map(np.testing.assert_array_equal, _np(params["teacher"]), _np(params["student"]))
-  grads = jax.jit(jax.grad(lambda p: objective(model, p, batch, jax.random.PRNGKey(1))[0]))(
-      params)
-  for leaf in jax.tree.leaves(nn.unbox(grads["teacher"])) + [nn.unbox(grads["center"])]:
+  params, ostate = state.params, state.objective_state
+  # The params are the student alone; teacher and centre are the objective's state.
+  assert set(params) == {"student"} and set(ostate) == {"teacher", "center"}
+  jax.tree.map(np.testing.assert_array_equal, _np(ostate["teacher"]), _np(params))
+  # The teacher keeps the student's logical axes, so it is sharded the same way.
+  specs = lambda t: jax.tree.leaves(nn.get_partition_spec(t))
+  assert specs(ostate["teacher"]) == specs(params)
+  grad_state = jax.jit(jax.grad(lambda s: _loss(objective, model, params, s, batch)[0]))(ostate)
+  for leaf in jax.tree.leaves(nn.unbox(grad_state)):
     assert not np.any(np.asarray(leaf))
   # ... while the student does learn from the same loss.
-  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(nn.unbox(grads["student"])))
-  # The optimizer holds no state for the frozen teacher: only the student's moments.
-  n_student = sum(x.size for x in jax.tree.leaves(nn.unbox(params["student"])))
+  grads = jax.jit(jax.grad(lambda p: _loss(objective, model, p, ostate, batch)[0]))(params)
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(nn.unbox(grads)))
+  # The optimizer (and with it the weight-decay / freeze masks, which it applies to the
+  # tree it is given) holds moments of the student only: no path names the teacher.
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(state.opt_state)[0]]
+  assert paths and not any("teacher" in p or "center" in p for p in paths)
+  n_student = sum(x.size for x in jax.tree.leaves(nn.unbox(params)))
   n_moments = sum(x.size for x in jax.tree.leaves(nn.unbox(state.opt_state))
                   if hasattr(x, "size") and x.ndim > 0)
   assert n_moments == 2 * n_student
+  assert objective.eval_params(params, ostate) is ostate["teacher"]
 
 
 def test_teacher_ema_and_centre_match_numpy():
@@ -71,22 +87,22 @@ def test_teacher_ema_and_centre_match_numpy():
                                                   tx=tx, schedule=schedule))
   for _ in range(3):
     state, _ = step(state, batch)
-  old = _np(state.params)
+  old = _np(state.objective_state)
   glob = np.asarray(batch["crops_global"]).swapaxes(0, 1).reshape(8, 16, 16, 1)
-  teacher_out = np.asarray(model.apply({"params": state.params}, glob, teacher=True),
+  teacher_out = np.asarray(model.apply({"params": state.objective_state["teacher"]}, glob),
                            np.float64)
   k = int(state.step)
   new_state, _ = step(state, batch)
-  new = _np(new_state.params)
+  new, new_student = _np(new_state.objective_state), _np(new_state.params)
 
   m = 1 - (1 - 0.9) * (np.cos(np.pi * k / 100) + 1) / 2
-  expected = jax.tree.map(lambda t, s: m * t + (1 - m) * s, old["teacher"], new["student"])
+  expected = jax.tree.map(lambda t, s: m * t + (1 - m) * s, old["teacher"], new_student)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
                new["teacher"], expected)
   np.testing.assert_allclose(new["center"], 0.8 * old["center"] + 0.2 * teacher_out.mean(0),
                              rtol=0, atol=1e-6)
-  assert not np.allclose(new["teacher"]["backbone"]["embedding"]["kernel"],
-                         old["teacher"]["backbone"]["embedding"]["kernel"])
+  kernel = lambda t: t["student"]["backbone"]["embedding"]["kernel"]
+  assert not np.allclose(kernel(new["teacher"]), kernel(old["teacher"]))
 
 
 def test_momentum_schedule_is_a_cosine_to_one():
@@ -99,18 +115,19 @@ def test_momentum_schedule_is_a_cosine_to_one():
 def test_loss_is_the_cross_entropy_over_crop_pairs():
   model, objective, batch = _setup(student_temp=0.1, teacher_temp=0.04)
   tx, _ = _optimizer(objective)
-  params = _state(model, objective, batch, tx).params
-  params = {**params, "center": jnp.linspace(-1, 1, 64)}
-  loss, _ = jax.jit(lambda p: objective(model, p, batch, jax.random.PRNGKey(0), train=False))(
-      params)
+  state = _state(model, objective, batch, tx)
+  params = state.params
+  ostate = {**state.objective_state, "center": jnp.linspace(-1, 1, 64)}
+  loss, _ = jax.jit(lambda p: _loss(objective, model, p, ostate, batch, jax.random.PRNGKey(0),
+                                    train=False))(params)
   crop_major = lambda x: np.asarray(x).swapaxes(0, 1).reshape((-1,) + x.shape[2:])
   s = [np.asarray(model.apply({"params": params}, crop_major(batch[k])), np.float64)
        for k in ("crops_global", "crops_local")]
   s = np.concatenate(s).reshape(5, 4, 64) / 0.1
   s = s - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
       s.max(-1, keepdims=True)
-  t = np.asarray(model.apply({"params": params}, crop_major(batch["crops_global"]),
-                             teacher=True), np.float64)
+  t = np.asarray(model.apply({"params": ostate["teacher"]},
+                             crop_major(batch["crops_global"])), np.float64)
   t = (t - np.linspace(-1, 1, 64)) / 0.04
   t = np.exp(t - t.max(-1, keepdims=True))
   t = (t / t.sum(-1, keepdims=True)).reshape(2, 4, 64)
@@ -134,7 +151,7 @@ def test_multi_crop_shapes_and_determinism():
 def test_dino_objective_explains_a_batch_without_crops():
   model, objective, batch = _setup()
   with pytest.raises(ValueError, match="multi_crop"):
-    objective(model, {}, {"image": batch["crops_global"][:, 0]}, jax.random.PRNGKey(0))
+    _loss(objective, model, {}, {}, {"image": batch["crops_global"][:, 0]})
 
 
 def test_frozen_pattern_keeps_params_fixed():
@@ -190,19 +207,17 @@ def test_koleo_matches_numpy():
 def test_sinkhorn_and_koleo_options_enter_the_loss():
   model, objective, batch = _setup()
   tx, _ = _optimizer(objective)
-  params = _state(model, objective, batch, tx).params
-  params = {**params, "center": jnp.linspace(-1, 1, 64)}
-  call = lambda o: jax.jit(lambda p: o(model, p, batch, jax.random.PRNGKey(0), train=False))(
-      params)
+  state = _state(model, objective, batch, tx)
+  params = state.params
+  ostate = {**state.objective_state, "center": jnp.linspace(-1, 1, 64)}
+  call = lambda o, s=ostate: jax.jit(lambda p: _loss(o, model, p, s, batch,
+                                                     jax.random.PRNGKey(0), train=False))(params)
   base, _ = call(objective)
   sk, sk_aux = call(objectives.build(dict(name="dino", centering="sinkhorn"), 100))
   ko, ko_aux = call(objectives.build(dict(name="dino", koleo_weight=0.5), 100))
   assert not np.isclose(float(sk), float(base))   # The centre no longer matters ...
-  other_centre, _ = jax.jit(lambda p: objectives.build(dict(name="dino", centering="sinkhorn"),
-                                                       100)(model, p, batch,
-                                                            jax.random.PRNGKey(0),
-                                                            train=False))(
-      {**params, "center": jnp.zeros(64)})
+  other_centre, _ = call(objectives.build(dict(name="dino", centering="sinkhorn"), 100),
+                         {**ostate, "center": jnp.zeros(64)})
   np.testing.assert_allclose(float(other_centre), float(sk), rtol=1e-6)   # ... at all.
   # KoLeo: the loss gains weight * mean over global crops of the student features' KoLeo.
   crop_major = lambda x: np.asarray(x).swapaxes(0, 1).reshape((-1,) + x.shape[2:])
@@ -210,9 +225,9 @@ def test_sinkhorn_and_koleo_options_enter_the_loss():
                          with_features=True)
   feats = np.asarray(feats).reshape(2, 4, -1)
   expected = np.mean([float(koleo_loss(jnp.asarray(f))) for f in feats])
-  np.testing.assert_allclose(float(ko_aux["koleo"]), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(ko_aux.metrics["koleo"]), expected, rtol=1e-5)
   np.testing.assert_allclose(float(ko), float(base) + 0.5 * expected, rtol=1e-5)
-  assert "koleo" not in sk_aux
+  assert "koleo" not in sk_aux.metrics
 
 
 def test_bad_centering_is_explained():

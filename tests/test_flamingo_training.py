@@ -19,7 +19,7 @@ TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=4)
 
 @functools.cache
 def _setup():
-  src = sources.build(dict(source="interleaved", inner=dict(source="digits", split="train"),
+  src = sources.build(dict(name="interleaved", inner=dict(name="digits", split="train"),
                            k=3, size=64))
   tok = tok_lib.train(src.texts(), 128, special_tokens=SPECIAL_TOKENS)
   pp = transforms.build("each_image('resize(16)|value_range(-1, 1)')|interleave_text|tokenize|"
@@ -55,7 +55,7 @@ def test_stage_two_moves_only_the_bridges_and_allocates_only_their_moments():
   losses = []
   for _ in range(5):
     state, metrics = step(state, batch)
-    losses.append(float(metrics["train/loss"] if "train/loss" in metrics else metrics["loss"]))
+    losses.append(float(metrics.metrics["train/loss"]))
   after = _np(state.params)
   frozen, trained = ("vision", "lm"), sorted(set(after) - {"vision", "lm"})
   assert trained and all(k == "resampler" or k.startswith("xattn") for k in trained), trained
@@ -75,7 +75,7 @@ def test_stage_two_moves_only_the_bridges_and_allocates_only_their_moments():
 
 def test_loss_counts_text_tokens_not_image_markers_or_padding():
   model, objective, _, _, state, batch, tok = _setup()
-  loss, _ = objective(model, state.params, batch, jax.random.PRNGKey(0), train=False)
+  loss, _ = objective.loss(model, state.params, batch, jax.random.PRNGKey(0), train=False)
   logits = model.apply({"params": state.params}, batch["images"], batch["text"])
   image_id = tok.piece_id(IMAGE)
   ref, _ = next_token_loss(logits, batch["text"], ignore_ids=(image_id,))

@@ -56,7 +56,7 @@ def test_masking_half_the_patches_cuts_image_tower_flops_at_least_1_6x():
 def test_masked_train_step_costs_fewer_flops_too():
   def step_flops(ratio):
     model, objective, params, batch = _demo(ratio)
-    return _flops(jax.grad(lambda p, rng: objective(model, p, batch, rng)[0]), params,
+    return _flops(jax.grad(lambda p, rng: objective.loss(model, p, batch, rng)[0]), params,
                   jax.random.PRNGKey(0))
   full, half = step_flops(0.0), step_flops(0.5)
   print(f"SigLIP demo loss fwd+bwd FLOPs: unmasked {full:.4g}, masked {half:.4g}, "
@@ -75,7 +75,7 @@ def test_image_tower_sees_half_the_tokens_in_training_and_all_in_eval():
     return next_fun(*args, **kwargs)
   with nn.intercept_methods(spy):   # Traced only: the spy sees the shapes.
     for train in (True, False):
-      jax.eval_shape(lambda p: objective(model, p, batch, jax.random.PRNGKey(0), train=train),
+      jax.eval_shape(lambda p: objective.loss(model, p, batch, jax.random.PRNGKey(0), train=train),
                      params)
   assert seen == [8, 16]
 

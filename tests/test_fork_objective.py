@@ -1,7 +1,8 @@
 """DESIGN.md's promise: a new objective is a new function plus a new config, no bigvl change.
 
-The objective module and the config are written here, outside the package; the config
-points at the objective as "module:attribute" and trains through the same loop.
+The objective module and the config are written here, outside the package, as
+docs/objectives.md describes them; the config points at the objective as "module:attribute"
+and trains through the same loop.
 """
 
 import pytest
@@ -19,7 +20,7 @@ OBJECTIVE = textwrap.dedent('''
       """Pulls each image embedding towards its caption's, pushes the batch apart a little."""
       spread: float = 0.1
 
-      def __call__(self, model, params, batch, rng, train=True):
+      def loss(self, model, params, batch, rng, *, train=True):
         zimg, ztxt, _ = model.apply({"params": params}, batch["image"], batch["text"],
                                     train=train, rngs={"dropout": rng})
         pos = jnp.sum(zimg * ztxt, axis=-1).mean()

@@ -19,7 +19,7 @@ PP = "resize(16)|value_range(-1, 1)"
 
 @functools.cache
 def _setup():
-  src = sources.build(dict(source="interleaved", inner=dict(source="digits", split="train"),
+  src = sources.build(dict(name="interleaved", inner=dict(name="digits", split="train"),
                            k=3, size=16))
   tok = tok_lib.train(src.texts(), 128, special_tokens=SPECIAL_TOKENS)
   model = models.build(dict(
@@ -34,7 +34,8 @@ def _setup():
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: jnp.full_like(x, 1.0) if "alpha" in jax.tree_util.keystr(p) else x, params)
   ctx = evaluators.EvalContext(model=model, tokenizer=tok, text_len=48, mesh=None, rules=None)
-  ev = evaluators.build("ic", dict(type="in_context", source="digits", split="test", pp=PP,
+  ev = evaluators.build("ic", dict(name="in_context", data=dict(name="digits", split="test",
+                                                                 pp=PP),
                                    shots=(0, 2), max_examples=6, batch_size=8,
                                    captioning=True, max_caption_len=4), ctx)
   return model, params, tok, ev
@@ -44,12 +45,12 @@ def test_scores_equal_the_query_chunk_log_likelihood_of_a_direct_forward():
   model, params, tok, ev = _setup()
   k, i = 2, 3
   idx = np.array([i])
-  texts = [ev._prefix(i, k) + chunk(ev.prompt.format(c)) for c in ev.class_names]
-  tokens = ev._encode(texts)
+  texts = [ev.prefix(i, k) + chunk(ev.prompt.format(c)) for c in ev.class_names]
+  tokens = ev.encode_prompts(texts)
   mask = query_chunk_mask(tokens, tok.piece_id(IMAGE), tok.pad_id)
-  got = np.asarray(ev._score_fn()(params, ev._images(idx, k), tokens[None], mask[None]))[0]
+  got = ev.class_scores(params, idx, k)[0]
   want = []
-  images = jnp.asarray(ev._images(idx, k))
+  images = jnp.asarray(ev.images(idx, k))
   for row, m in zip(tokens, mask):
     logits = np.asarray(model.apply({"params": params}, images, jnp.asarray(row[None])),
                         np.float64)[0]
@@ -61,13 +62,15 @@ def test_scores_equal_the_query_chunk_log_likelihood_of_a_direct_forward():
   assert np.ptp(got) > 0  # The classes are told apart (by text and image).
   # The prompt holds k supports, each an image marker and its own label's caption.
   assert texts[0].count(IMAGE) == k + 1
-  assert ev.prompt.format(ev.class_names[ev._support_labels[int(ev._support_idx[i, 0])]]) \
-      in texts[0]
+  first = int(ev.support_indices(i, k)[0])
+  assert ev.prompt.format(ev.class_names[int(ev.support[first]["label"])]) in texts[0]
 
 
 def test_supports_nest_and_the_evaluator_reports_every_shot():
   model, params, tok, ev = _setup()
-  assert ev._support_idx.shape == (6, 2)
+  supports = np.stack([ev.support_indices(i, 2) for i in range(ev.n)])
+  assert supports.shape == (6, 2)
+  assert all((ev.support_indices(i, 1) == supports[i, :1]).all() for i in range(ev.n))
   out = ev.run(params)
   assert set(out) == {f"{k}shot/{m}" for k in (0, 2)
                       for m in ("top1", "caption_exact", "caption_label")}

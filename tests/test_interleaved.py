@@ -13,7 +13,7 @@ PP = (f"each_image('resize(16)|value_range(-1, 1)')|interleave_text|tokenize|"
 
 @pytest.fixture(scope="module")
 def src():
-  return sources.build(dict(source="interleaved", inner=dict(source="digits", split="train"),
+  return sources.build(dict(name="interleaved", inner=dict(name="digits", split="train"),
                             k=3, size=100))
 
 
@@ -36,7 +36,7 @@ def test_records_are_deterministic_draws_without_replacement(src):
     np.testing.assert_array_equal(x, y)
   idx = src.indices(7)
   assert len(set(idx.tolist())) == 3
-  inner = sources.build(dict(source="digits", split="train"))
+  inner = sources.build(dict(name="digits", split="train"))
   np.testing.assert_array_equal(a["labels"], [inner[int(j)]["label"] for j in idx])
   assert not np.array_equal(src.indices(7), src.indices(8))
 
@@ -47,7 +47,7 @@ def test_markers_are_single_pieces_and_sequence_layout(src, tok):
   image_id, end_id = tok.piece_id(IMAGE), tok.piece_id(END_OF_CHUNK)
   ids = ex["text"]
   assert (ids == image_id).sum() == 3 and (ids == end_id).sum() == 3
-  names = sources.build(dict(source="digits", split="train")).class_names
+  names = sources.build(dict(name="digits", split="train")).class_names
   want = "".join(f"{IMAGE}a photo of the digit {names[l]}.{END_OF_CHUNK}" for l in ex["labels"])
   assert tok.decode(ids) == want
   # Each marker precedes its own caption: image j's chunk names label j.
@@ -78,38 +78,42 @@ def test_query_chunk_mask_covers_only_the_last_chunk():
 
 
 def test_init_also_loads_two_sources_and_rejects_overlap(tmp_path, monkeypatch):
-  from bigvl import config_lib, train
+  from bigvl import config_lib, init_from
   from bigvl import checkpoint as ckpt_lib
 
   stores = {"A": {"enc/w": np.ones((2,), np.float32), "other/x": np.zeros(1, np.float32)},
             "B": {"img/v": np.full((3,), 2.0, np.float32)}}
-  monkeypatch.setattr(ckpt_lib, "load_params", lambda path: dict(stores[path]))
+  monkeypatch.setattr(ckpt_lib, "load_params", lambda path, **kw: dict(stores[path]))
   import jax.numpy as jnp
   params = {"lm": {"w": jnp.zeros((2,))}, "vision": {"v": jnp.zeros((3,))},
             "new": {"z": jnp.zeros((1,))}}
   config = config_lib.with_defaults(config_lib.ml_collections.ConfigDict(dict(
       init_from="A", init_subtree="enc", init_into="lm",
       init_also=(dict(init_from="B", init_subtree="img", init_into="vision"),))))
-  merged, report = train._params_from(config, params)
+  merged, report = init_from.params_from(config, params)
   np.testing.assert_array_equal(merged["lm"]["w"], 1.0)
   np.testing.assert_array_equal(merged["vision"]["v"], 2.0)
   assert report["new"] == ["new/z"]
   config.init_also = (dict(init_from="B", init_subtree="img", init_into="lm"),
                       dict(init_from="B", init_subtree="img", init_into="lm"))
   with pytest.raises(config_lib.ConfigError, match="gives params another source gives"):
-    train._params_from(config, params)
+    init_from.params_from(config, params)
   config.init_also = (dict(init_from="B", into="vision"),)
   with pytest.raises(config_lib.ConfigError, match="unknown"):
-    train._params_from(config, params)
+    init_from.params_from(config, params)
 
 
-def test_model_card_names_every_init_source():
+def test_model_card_names_every_init_source(tmp_path):
   from bigvl import config_lib, model_card
+
+  def init_lines(config):
+    card = open(model_card.write(str(tmp_path), config, {}, None)).read()
+    return [line for line in card.splitlines() if line.startswith("- initialised from:")]
+
   config = config_lib.with_defaults(config_lib.ml_collections.ConfigDict(dict(
       init_from="runs/lm", init_into="lm",
       init_also=(dict(init_from="runs/siglip", init_subtree="img", init_into="vision"),))))
-  assert model_card._init_lines(config) == [
+  assert init_lines(config) == [
       "- initialised from: `(all)` of runs/lm, into `lm`",
       "- initialised from: `img` of runs/siglip, into `vision`"]
-  assert model_card._init_lines(config_lib.with_defaults(
-      config_lib.ml_collections.ConfigDict())) == []
+  assert init_lines(config_lib.with_defaults(config_lib.ml_collections.ConfigDict())) == []

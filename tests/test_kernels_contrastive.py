@@ -122,13 +122,13 @@ def test_kernels_write_every_output_element(kind):
   no NaN anywhere in the padded outputs, padding rows and the chunked dx included."""
   n, m, d = 19, 13, 24
   zimg, ztxt = _embeddings(3, n, m, d)
-  plan = cl._plan(kind, False, n, m, d,
-                  cl.BlockSizes(block_rows=8, block_cols=8, block_d=8), True)
+  plan = cl.prepare(kind, False, n, m, d,
+                    cl.BlockSizes(block_rows=8, block_cols=8, block_d=8), True)
   assert plan.n_pad > n and plan.m_pad > m and plan.d_pad // plan.img.block_d > 1
 
   def padded_outputs(zimg, ztxt, t, b):
-    x, y = cl._pad(zimg, plan.n_pad, plan.d_pad), cl._pad(ztxt, plan.m_pad, plan.d_pad)
-    tb = cl._tb(t, b)
+    x, y = cl.pad_to(zimg, plan.n_pad, plan.d_pad), cl.pad_to(ztxt, plan.m_pad, plan.d_pad)
+    tb = cl.scale_bias(t, b)
     rows = cl.forward_call(x, y, tb, plan.img)
     stats = ()
     if kind == "softmax":

@@ -78,7 +78,7 @@ def test_default_loss_tiles_fit_hopper_shared_memory(dtype):
   # On an H200 the old block_d=256 asked for 256 KiB of shared memory (two pipeline stages
   # of a (128 + 128, 256) bf16 operand pair) and failed to launch; the budget is 227 KiB.
   itemsize = jnp.dtype(dtype).itemsize
-  plan = cl._plan("sigmoid", True, 32768, 32768, 1024, None, False, itemsize=itemsize)
+  plan = cl.prepare("sigmoid", True, 32768, 32768, 1024, None, False, itemsize=itemsize)
   cfg = plan.img
   stages = 2
   smem = (cfg.block_rows + cfg.block_cols) * cfg.block_d * itemsize * stages

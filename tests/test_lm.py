@@ -81,7 +81,7 @@ def test_lm_objective_is_registered_and_reports_perplexity():
   assert isinstance(obj, LanguageModeling) and obj.ignore_tokens == (11,)
   model = models.build(TINY_LM)
   params = random_params(model, TOKENS.shape[1])
-  run = jax.jit(lambda p, batch, rng: obj(model, p, batch, rng, train=False))
+  run = jax.jit(lambda p, batch, rng: obj.loss(model, p, batch, rng, train=False))
   loss, metrics = run(params, {"text": TOKENS}, jax.random.PRNGKey(1))
   assert set(metrics) == {"token_accuracy", "perplexity"}
   np.testing.assert_allclose(metrics["perplexity"], np.exp(loss), rtol=1e-6)

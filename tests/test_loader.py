@@ -14,11 +14,11 @@ from conftest import REPO
 from data_sources import IndexSource, PngSource, digit_image, png_bytes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-INDEX = dict(source="data_sources:IndexSource", n=120, pp="keep('index', 'image')")
+INDEX = dict(name="data_sources:IndexSource", n=120, pp="keep('index', 'image')")
 
 
 def _indices(ds, steps):
-  return np.stack([ds[s]["index"] for s in steps])
+  return np.stack([ds[s].inputs["index"] for s in steps])
 
 
 def test_each_epoch_is_a_new_permutation_of_the_whole_source():
@@ -37,14 +37,14 @@ def test_restored_iterator_state_gives_the_following_batches(tmp_path, workers):
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
   whole = []
   for step in range(1, 201):
-    whole.append(next(it)["index"])
+    whole.append(next(it).inputs["index"])
     if step == 100:
       ckpt.save(step, {"x": np.zeros(1)}, _config(), data_state=it.get_state())
   it.close() if hasattr(it, "close") else None
   saved = ckpt_lib.Checkpointer(str(tmp_path)).restore_data_state(100)
   assert saved is not None
   again = loader.train_iterator(INDEX, start_step=0, state=saved, **kwargs)
-  resumed = [next(again)["index"] for _ in range(100)]
+  resumed = [next(again).inputs["index"] for _ in range(100)]
   again.close() if hasattr(again, "close") else None
   np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[100:]))
   # And the stream is a function of the step: indexing it gives the same batches.
@@ -116,7 +116,7 @@ def test_process_shares_are_disjoint_and_cover_an_epoch():
       return super().__getitem__(i)
   import data_sources
   data_sources.Spy = Spy
-  ds = loader.train_dataset(dict(INDEX, source="data_sources:Spy"), batch_size=8, seed=2,
+  ds = loader.train_dataset(dict(INDEX, name="data_sources:Spy"), batch_size=8, seed=2,
                             context={}, process_index=1, process_count=2)
   _indices(ds, range(15))
   assert set(read) == set(shares[1].tolist())
@@ -124,35 +124,35 @@ def test_process_shares_are_disjoint_and_cover_an_epoch():
 
 def test_mixture_follows_weights_and_each_component_pp():
   cfg = dict(pp="keep('index', 'image')", mixture=dict(
-      low=dict(source="data_sources:IndexSource", n=50, weight=3.0),
-      high=dict(source="data_sources:IndexSource", n=50, offset=1000, weight=1.0,
+      low=dict(name="data_sources:IndexSource", n=50, weight=3.0),
+      high=dict(name="data_sources:IndexSource", n=50, offset=1000, weight=1.0,
                 pp="value_range(0, 1)")))
   ds = loader.train_dataset(cfg, batch_size=40, seed=0, context={})
   batches = [ds[s] for s in range(10)]
-  idx = np.concatenate([b["index"] for b in batches])
+  idx = np.concatenate([b.inputs["index"] for b in batches])
   high = idx >= 1000
   assert abs(high.mean() - 0.25) < 0.03, high.mean()
-  images = np.concatenate([b["image"] for b in batches])
+  images = np.concatenate([b.inputs["image"] for b in batches])
   # The high component's own pp scaled its images to [0, 1]; the other's stay raw.
   assert images[high].max() <= 1.0 and images[~high].max() > 1.0
   again = loader.train_dataset(cfg, batch_size=40, seed=0, context={})
-  np.testing.assert_array_equal(again[7]["index"], batches[7]["index"])
+  np.testing.assert_array_equal(again[7].inputs["index"], batches[7].inputs["index"])
   with pytest.raises(ValueError, match="weights must be > 0"):
-    loader.train_dataset(dict(cfg, mixture=dict(a=dict(source="data_sources:IndexSource",
+    loader.train_dataset(dict(cfg, mixture=dict(a=dict(name="data_sources:IndexSource",
                                                        weight=0.0))),
                          batch_size=8, seed=0, context={})
 
 
 def test_corrupt_images_are_replaced_counted_and_logged(capfd):
-  cfg = dict(source="data_sources:PngSource", n=100, corrupt=(7, 42, 99),
+  cfg = dict(name="data_sources:PngSource", n=100, corrupt=(7, 42, 99),
              pp="decode|keep('image', 'index')")
   ds = loader.train_dataset(cfg, batch_size=10, seed=0, context={})
   batches = [ds[s] for s in range(10)]  # Exactly one epoch.
-  assert sum(int(b["_skipped"].sum()) for b in batches) == 3
+  assert sum(int(b.skipped.sum()) for b in batches) == 3
   for b in batches:
-    assert b["image"].shape == (10, 16, 16, 3)
+    assert b.inputs["image"].shape == (10, 16, 16, 3)
     # A replaced slot holds a readable example, not one of the corrupt ones.
-    assert not set(b["index"][b["_skipped"]].tolist()) & {7, 42, 99}
+    assert not set(b.inputs["index"][b.skipped].tolist()) & {7, 42, 99}
   err = capfd.readouterr().err
   for key in ("img007.png", "img042.png", "img099.png"):
     assert f"skipping unreadable example {key} (source data_sources:PngSource" in err
@@ -162,7 +162,7 @@ def test_corrupt_images_are_replaced_counted_and_logged(capfd):
 
 
 def test_all_corrupt_data_stops_with_a_clear_error():
-  cfg = dict(source="data_sources:PngSource", n=5, corrupt=range(5), pp="decode")
+  cfg = dict(name="data_sources:PngSource", n=5, corrupt=range(5), pp="decode")
   ds = loader.train_dataset(cfg, batch_size=2, seed=0, context={})
   with pytest.raises(loader.DataError, match="data looks broken"):
     ds[0]

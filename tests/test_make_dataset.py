@@ -204,16 +204,16 @@ def test_folder_to_shards_keeps_everything(tmp_path, fmt):
 
 def test_folder_source_matches_shards_and_pickles(tmp_path):
   images, captions, expected, _ = make_folder(tmp_path)
-  folder = sources.build({"source": "folder", "images_dir": images, "captions_file": captions})
+  folder = sources.build({"name": "folder", "images_dir": images, "captions_file": captions})
   assert_same(folder, expected)
   # Evaluators pass a split; "{split}" in the captions path picks the file.
   template = captions.replace("captions.jsonl", "{split}.jsonl")
   os.rename(captions, template.format(split="test"))
-  assert_same(sources.build({"source": "folder", "split": "test", "images_dir": images,
+  assert_same(sources.build({"name": "folder", "split": "test", "images_dir": images,
                              "captions_file": template}), expected)
   os.rename(template.format(split="test"), captions)
   run(["--out", tmp_path / "out", "--images", images, "--captions", captions])
-  shards = sources.build({"source": "shards", "data_dir": str(tmp_path / "out"), "split": "train",
+  shards = sources.build({"name": "shards", "data_dir": str(tmp_path / "out"), "split": "train",
                           "pp": "decode"})
   _ = shards[0]  # Opens a reader: pickling must still work.
   for src in (folder, shards):

@@ -99,7 +99,7 @@ def test_mae_encoder_receives_round_1_minus_ratio_tokens(ratio):
   params = jax.jit(model.init)(jax.random.PRNGKey(0), img)["params"]
   # Traced, not run: the spy sees every module call's input shapes.
   counts = _encoder_token_counts(lambda: jax.eval_shape(
-      lambda p: obj(model, p, {"image": img}, jax.random.PRNGKey(3)), params))
+      lambda p: obj.loss(model, p, {"image": img}, jax.random.PRNGKey(3)), params))
   # The ViT's encoder sees the kept tokens; the decoder (named "decoder") sees all 16.
   assert counts == [round((1 - ratio) * 16)]
 
@@ -128,7 +128,7 @@ def test_mae_loss_ignores_visible_patches():
         t = super().targets(model, image)
         return t + 100.0 * jnp.asarray(where)[..., None]
     obj = Changed(mask_ratio=0.75)
-    return jax.jit(lambda p: obj(model, p, {"image": img}, rng)[0])(params)
+    return jax.jit(lambda p: obj.loss(model, p, {"image": img}, rng)[0])(params)
 
   loss = jax.jit(lambda p: base(model, p, {"image": img}, rng)[0])(params)
   assert float(with_target_change(~mask)) == float(loss)      # Visible patches: ignored.

@@ -96,7 +96,7 @@ def test_siglip_train_steps_pallas_match_xla():
       state, losses[name] = state0, []
       for batch in batches:
         state, m = step_fn(state, batch)
-        losses[name].append(float(m["train/loss"]))
+        losses[name].append(float(m.metrics["train/loss"]))
       params[name] = nn.unbox(state.params)
   assert np.all(np.isfinite(losses["xla"]))
   assert abs(losses["xla"][-1] - losses["xla"][0]) > 1e-3

@@ -177,7 +177,7 @@ def test_converted_gpt2_starts_a_flamingo_lm_with_hf_logits(tiny_hf_dir, tmp_pat
   `init_into="lm"`), and at init (gates 0) the Flamingo's logits are GPT-2's."""
   import jax.numpy as jnp
   import ml_collections
-  from bigvl import config_lib, models, train
+  from bigvl import config_lib, init_from, models
   tool = load_tool("convert_checkpoint")
   out = str(tmp_path / "converted")
   assert tool.main(["hf", tiny_hf_dir, out]) == 0
@@ -193,7 +193,7 @@ def test_converted_gpt2_starts_a_flamingo_lm_with_hf_logits(tiny_hf_dir, tmp_pat
   params = model.init(jax.random.key(0, impl="unsafe_rbg"), images, ids)["params"]
   config = config_lib.with_defaults(ml_collections.ConfigDict(dict(init_from=out,
                                                                    init_into="lm")))
-  params, report = train._params_from(config, params)
+  params, report = init_from.params_from(config, params)
   assert report["loaded"] and all(k.startswith("lm/") for k in report["loaded"])
   assert not [k for k in report["new"] if k.startswith("lm/")]
   got = np.asarray(model.apply({"params": params}, images, ids))

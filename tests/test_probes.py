@@ -56,11 +56,12 @@ def ctx_params():
 def test_fewshot_and_knn_evaluators_on_frozen_features(ctx_params):
   ctx, params = ctx_params
   pp = "resize(16)|value_range(-1, 1)"
-  few = build("f", dict(type="fewshot", source="digits", pp=pp, shots=(1, 10)), ctx).run(params)
-  knn = build("k", dict(type="knn", source="digits", pp=pp, k=10), ctx).run(params)
+  data = dict(name="digits", split="test", pp=pp)
+  few = build("f", dict(name="fewshot", data=data, shots=(1, 10)), ctx).run(params)
+  knn = build("k", dict(name="knn", data=data, k=10), ctx).run(params)
   assert set(few) == {"1shot", "10shot", "linear"} and set(knn) == {"top1"}
   # Even random features separate digits far above chance (0.1); more shots help.
   assert few["linear"] > 0.5 and knn["top1"] > 0.5
   assert few["10shot"] > few["1shot"]
   with pytest.raises(ValueError, match="k=0 must be >= 1"):
-    build("k", dict(type="knn", source="digits", pp=pp, k=0), ctx)
+    build("k", dict(name="knn", data=data, k=0), ctx)

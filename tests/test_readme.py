@@ -48,5 +48,5 @@ def test_readme_own_data_commands_work(tmp_path):
   exec(snippet, {"config": config})
   tok = tok_lib.Tokenizer.load(config.data.tokenizer)
   batch = loader.train_dataset(config.data.train, batch_size=4, seed=0,
-                               context=dict(tokenizer=tok, text_len=16))[0]
+                               context=dict(tokenizer=tok, text_len=16))[0].inputs
   assert batch["image"].shape == (4, 224, 224, 3) and batch["text"].shape == (4, 16)

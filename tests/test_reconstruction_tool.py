@@ -91,8 +91,9 @@ def test_reconstruction_evaluator_writes_its_grid_to_tensorboard(tmp_path):
   ctx = EvalContext(model=model, tokenizer=None, text_len=16,
                     mesh=sh.make_mesh(dict(data=-1, fsdp=1, tensor=1)), rules=sh.get_rules("dp"),
                     objective=objectives.build(dict(name="mae")))
-  ev = build("recon", dict(type="reconstruction", source="digits", pp="resize(16)|value_range(-1, 1)",
-                           num_images=4, max_examples=64), ctx)
+  ev = build("recon", dict(name="reconstruction", data=dict(
+      name="digits", split="test", pp="resize(16)|value_range(-1, 1)"),
+      num_images=4, max_examples=64), ctx)
   out = ev.run(params)
   assert out["loss"] > 0
   grid = ev.images()["reconstruction"]

@@ -112,9 +112,12 @@ def test_kill9_with_data_workers_resumes_bit_exact(tmp_path, uninterrupted):
 @pytest.mark.slow
 def test_kill9_during_checkpoint_write(tmp_path, uninterrupted):
   workdir = tmp_path / "killsave"
-  proc = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
-                    "--config.total_steps=40", *FAST],
-                   env={checkpoint.FAULT_KILL_DURING_SAVE: "20"})
+  # The fault comes from outside bigvl: tests/fault_inject.py wraps the train CLI.
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tests", "fault_inject.py"), "--kill_during_save=20",
+       "--config", DEMO_SIGLIP, "--workdir", str(workdir), "--config.total_steps=40", *FAST],
+      cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+      timeout=600)
   assert proc.returncode == -signal.SIGKILL
   assert sorted(checkpoint.Checkpointer(str(workdir)).all_steps()) == [10]  # 20 never appeared.
   rerun = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
@@ -193,7 +196,7 @@ def _first_step_with(index, config):
   cfg = dict(config.data.train, pp="keep('index')")
   ds = loader.train_dataset(cfg, batch_size=config.batch_size, seed=config.seed, context={})
   for s in range(config.total_steps):
-    if index in ds[s]["index"]:
+    if index in ds[s].inputs["index"]:
       return s + 1
   return None
 
@@ -208,7 +211,7 @@ def test_nan_in_batch(tmp_path, monkeypatch, policy):
   config.checkpoint_every = 5
   config.log_every = 5
   config.nonfinite = policy
-  config.data.train.source = "nan_source:NanDigits"
+  config.data.train.name = "nan_source:NanDigits"
   # A record that first shows up in the middle of the run (20 steps x 64 < one epoch).
   index = next(i for i in range(1437)
                if 7 <= (_first_step_with(i, _with(config, nan_index=i)) or 0) <= 18)
@@ -255,7 +258,7 @@ def test_init_from_reports_loaded_new_and_dropped(tmp_path):
     ({"sharding.mesh": dict(data=2, fsdp=1, tensor=1)}, "needs 2 devices but 1 are available"),
     ({"model.image.variant": "Q/4", "model.image.width": None}, "Unknown model size 'Q'"),
     ({"data.tokenizer": "/nonexistent/spm.model"}, "Tokenizer model not found: '/nonexistent"),
-    ({"evals": dict(zs=dict(type="zeroshot", source="digits", split="validation"))},
+    ({"evals": dict(zs=dict(name="zeroshot", data=dict(name="digits", split="validation")))},
      "Unknown digits split 'validation'"),
     ({"nonfinite": "ignore"}, "config.nonfinite='ignore'; valid: stop, skip"),
 ])

@@ -142,13 +142,13 @@ def test_texts_match_getitem_and_vocabulary():
 
 
 def test_build_and_pickle():
-  s = sources.build({"source": "shapes", "split": "test"})
+  s = sources.build({"name": "shapes", "split": "test"})
   assert isinstance(s, Shapes) and len(s) == 500
   t = pickle.loads(pickle.dumps(s))
   np.testing.assert_array_equal(t[5]["image"], s[5]["image"])
   assert t[5]["texts"] == s[5]["texts"] and repr(t) == repr(s)
   assert "split='test'" in repr(s) and "n=500" in repr(s)
-  color = sources.build({"source": "shapes", "split": "test", "task": "color", "pp": "rgb"})
+  color = sources.build({"name": "shapes", "split": "test", "task": "color", "pp": "rgb"})
   assert color.class_names == ("red", "green", "blue", "yellow")
 
 

@@ -58,7 +58,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_tfds_examples_are_canonical(data_dir):
-  src = sources.build({"source": "tfds", "name": "bigvl_tiny_captions", "split": "train",
+  src = sources.build({"name": "tfds", "dataset": "bigvl_tiny_captions", "split": "train",
                        "data_dir": data_dir, "text_key": "caption"})
   assert len(src) == 3 and src.class_names == tuple(NAMES)
   photos = _photos()
@@ -75,20 +75,20 @@ def test_tfds_examples_are_canonical(data_dir):
 
 
 def test_tfds_sequence_texts_and_no_labels(data_dir):
-  src = sources.build({"source": "tfds", "name": "bigvl_tiny_captions", "split": "test",
+  src = sources.build({"name": "tfds", "dataset": "bigvl_tiny_captions", "split": "test",
                        "data_dir": data_dir, "text_key": "captions", "label_key": None})
   assert len(src) == 1 and src.class_names is None
   ex = src[0]
   assert ex["texts"] == ("coffee one", "coffee two") and ex["label"] == -1
-  untexted = sources.build({"source": "tfds", "name": "bigvl_tiny_captions", "split": "test",
+  untexted = sources.build({"name": "tfds", "dataset": "bigvl_tiny_captions", "split": "test",
                             "data_dir": data_dir})
   assert untexted[0]["texts"] == () and untexted.texts() == []
 
 
 def test_tfds_unknown_feature_names_the_features(data_dir):
   with pytest.raises(ValueError, match="no feature 'text'.*caption"):
-    sources.build({"source": "tfds", "name": "bigvl_tiny_captions", "data_dir": data_dir,
+    sources.build({"name": "tfds", "dataset": "bigvl_tiny_captions", "data_dir": data_dir,
                    "text_key": "text"})
   with pytest.raises(ValueError, match="no feature 'cls'.*label_key=None"):
-    sources.build({"source": "tfds", "name": "bigvl_tiny_captions", "data_dir": data_dir,
+    sources.build({"name": "tfds", "dataset": "bigvl_tiny_captions", "data_dir": data_dir,
                    "label_key": "cls"})

@@ -14,7 +14,7 @@ def test_train_step_reduces_loss_on_fixed_batch(demo_config):
   config.model.text.vocab_size = tok.vocab_size
   ds = loader.train_dataset(config.data.train, batch_size=32, seed=0,
                             context=dict(tokenizer=tok, text_len=config.data.text_len))
-  batch = ds[0]
+  batch = ds[0].inputs
   mesh = sh.make_mesh(dict(data=-1))
   rules = sh.get_rules("dp")
   model, objective = models.build(config.model), objectives.build(config.objective)
@@ -27,7 +27,7 @@ def test_train_step_reduces_loss_on_fixed_batch(demo_config):
     losses = []
     for _ in range(30):
       state, m = step(state, batch)
-      losses.append(float(m["train/loss"]))
+      losses.append(float(m.metrics["train/loss"]))
   assert int(state.step) == 30
   assert np.isfinite(losses).all()
   # SigLIP's loss starts near n * log(1 + e^-b)... and must fall well below where it began.

@@ -91,7 +91,7 @@ def pil_loop(images: str, captions: str, tok, text_len: int, count: int) -> floa
 def pipeline(data_dir: str, pp: str, tok, text_len: int, workers: int, batch_size: int,
              batches: int) -> float:
   from bigvl.data import loader
-  cfg = dict(source="shards", data_dir=data_dir, pp=pp)
+  cfg = dict(name="shards", data_dir=data_dir, pp=pp)
   it = loader.train_iterator(cfg, batch_size=batch_size, seed=0, start_step=0,
                              context=dict(tokenizer=tok, text_len=text_len), workers=workers,
                              prefetch=2)
@@ -99,7 +99,7 @@ def pipeline(data_dir: str, pp: str, tok, text_len: int, workers: int, batch_siz
     next(it)
   t0 = time.perf_counter()
   for _ in range(batches):
-    b = next(it)
+    b = next(it).inputs
     assert b["image"].shape == (batch_size, 224, 224, 3) and b["image"].dtype == np.float32
   rate = batches * batch_size / (time.perf_counter() - t0)
   if hasattr(it, "close"):

@@ -8,8 +8,8 @@
         --config.data.train.pp="resize(224)|value_range(-1, 1)|choose_text|tokenize|keep('image', 'text')" \
         --compile_only
 
-Everything is built as the train loop builds it (`bigvl.train._build`, `bigvl.state.create`,
-`bigvl.train.compile_step`): same mesh, rules, model, objective, optimizer and the same AOT-
+Everything is built as the train loop builds it (`bigvl.run.build`, `Run.create_state`,
+`Run.compile_step`): same mesh, rules, model, objective, optimizer and the same AOT-
 compiled, donated step. Only the batch differs: one synthetic batch of the config's batch spec
 (see `synthetic_batch`), placed with the batch shardings once, so that data loading and host
 -> device transfer are not timed. `config.evals` is emptied: evaluation is not part of a step.
@@ -58,8 +58,8 @@ from absl import logging as absl_logging  # noqa: E402
 
 from bigvl import config_lib, mfu as mfu_lib  # noqa: E402
 from bigvl import sharding as sh  # noqa: E402
+from bigvl import run as run_lib  # noqa: E402
 from bigvl import state as state_lib  # noqa: E402
-from bigvl import train as train_lib  # noqa: E402
 from bigvl.models import presets  # noqa: E402
 
 MEMORY_FIELDS = (("temp_bytes", "temp_size_in_bytes"),
@@ -135,30 +135,22 @@ def load_config(spec: str, overrides: list[tuple[str, str]], model_preset: str |
   return config_lib.with_defaults(config)
 
 
-def build(config, workdir: str) -> dict:
-  """`bigvl.train._build`: mesh, rules, model, objective, tx, schedule, batch_spec, ..."""
-  return train_lib._build(config, workdir)  # pylint: disable=protected-access
+def build(config, workdir: str) -> run_lib.Run:
+  """The run as the loop builds it (`bigvl.run.build`)."""
+  return run_lib.build(config, workdir)
 
 
-def abstract_state(b: dict, seed: int):
+def abstract_state(run: run_lib.Run):
   """(abstract TrainState of ShapeDtypeStructs, its shardings): nothing allocated."""
-  init = state_lib.init_fn(b["model"], b["objective"], b["tx"], b["batch_spec"])
-  return state_lib.abstract(init, seed, b["mesh"], b["rules"])
+  return run.abstract_state()
 
 
-def compile_step(config, b: dict, state, state_shardings):
+def compile_step(run: run_lib.Run, state, state_shardings):
   """The loop's compiled step and its FLOPs per device; `state` may be abstract."""
-  with jax.set_mesh(b["mesh"]), nn.logical_axis_rules(b["rules"]):
-    return train_lib.compile_step(config, b, state, state_shardings)
+  return run.compile_step(state, state_shardings)
 
 
-def batch_shardings(b: dict) -> dict:
-  """The loop's batch shardings: leading (batch) dim over the batch mesh axes."""
-  return {k: sh.batch_sharding(b["mesh"], b["rules"], len(v.shape))
-          for k, v in b["batch_spec"].items()}
-
-
-def synthetic_batch(b: dict, seed: int = 0) -> dict:
+def synthetic_batch(run: run_lib.Run, seed: int = 0) -> dict:
   """One global batch of the config's batch spec, placed with the loop's batch shardings.
 
   Floating fields (images, (B, H, W, C)) are uniform in [-1, 1); integer fields (token ids
@@ -169,9 +161,9 @@ def synthetic_batch(b: dict, seed: int = 0) -> dict:
   if jax.process_count() > 1:
     raise NotImplementedError("bench_train runs in one process (any number of its devices).")
   rng = np.random.default_rng(seed)
-  shardings = batch_shardings(b)
+  shardings = run.batch_shardings()
   out = {}
-  for k, spec in b["batch_spec"].items():
+  for k, spec in run.batch_spec.items():
     dtype = np.dtype(spec.dtype)
     if np.issubdtype(dtype, np.floating):
       x = rng.uniform(-1.0, 1.0, spec.shape).astype(dtype)
@@ -234,17 +226,19 @@ def state_bytes_per_device(abstract, shardings) -> int:
 def time_steps(step_fn, state, batch, steps: int, warmup: int):
   """Per-step wall times in seconds of `steps` steps after `warmup`, each fully waited for.
 
+  `batch`: the step's arguments after the state, (model inputs, DataInfo).
+
   The state is donated each step, so each step consumes the previous one's output, exactly
   as in the loop. Returns (times, final state).
   """
   for i in range(warmup):
-    state, m = step_fn(state, batch)
+    state, m = step_fn(state, *batch)
     jax.block_until_ready((state, m))
     log(f"warm-up step {i + 1}/{warmup} done")
   times = []
   for i in range(steps):
     t0 = time.perf_counter()
-    state, m = step_fn(state, batch)
+    state, m = step_fn(state, *batch)
     jax.block_until_ready((state, m))
     times.append(time.perf_counter() - t0)
     log(f"step {i + 1}/{steps}: {times[-1]:.4f} s")
@@ -262,9 +256,10 @@ def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
   workdir = workdir or tempfile.mkdtemp(prefix="bench_train_")
   try:
     t0 = time.perf_counter()
-    b = build(config, workdir)  # Trains the tokenizer (if any) into workdir, traces the model.
-    shapes, shardings = abstract_state(b, config.seed)
-    mesh = b["mesh"]
+    run = build(config, workdir)  # Trains the tokenizer (if any) into workdir, traces the model.
+    config = run.config
+    shapes, shardings = abstract_state(run)
+    mesh = run.mesh
     n_params = state_lib.param_count(shapes.params)
     log(f"built in {time.perf_counter() - t0:.1f}s: {jax.device_count()} "
         f"{jax.devices()[0].device_kind} device(s), mesh {dict(mesh.shape)}, "
@@ -280,11 +275,9 @@ def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
     if compile_only:
       state = shapes  # Lowering needs only shapes; the shardings come from in_shardings.
     else:
-      with jax.set_mesh(mesh), nn.logical_axis_rules(b["rules"]):
-        state, shardings = state_lib.create(b["model"], b["objective"], b["tx"],
-                                            b["batch_spec"], config.seed, mesh, b["rules"])
+      state, shardings = run.create_state()
     t0 = time.perf_counter()
-    step_fn, flops = compile_step(config, b, state, shardings)
+    step_fn, flops = compile_step(run, state, shardings)
     compile_s = time.perf_counter() - t0
     log(f"compiled in {compile_s:.1f}s: {flops or 0:.4g} FLOPs per device per step")
 
@@ -305,7 +298,7 @@ def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
     result.update(memory_stats(step_fn))
 
     if not compile_only:
-      batch = synthetic_batch(b, config.seed)
+      batch = (synthetic_batch(run, config.seed), run_lib.empty_data_info(run))
       times, state = time_steps(step_fn, state, batch, steps, warmup)
       del state
       median = statistics.median(times)

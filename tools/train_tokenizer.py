@@ -60,12 +60,12 @@ def _texts(args) -> list[str]:
     with open(args.text_file, encoding="utf-8") as f:
       return [line.strip() for line in f if line.strip()]
   if args.dataset:
-    cfg = {"source": "shards", "data_dir": args.dataset, "split": args.split}
+    cfg = {"name": "shards", "data_dir": args.dataset, "split": args.split}
   else:
-    cfg = {"source": args.source, **dict(args.source_arg)}
-  source = sources.build(cfg)
+    cfg = {"name": args.source, **dict(args.source_arg)}
+  source = sources.build(cfg, where="the source of --source/--dataset")
   if not hasattr(source, "texts"):
-    raise ValueError(f"Source {cfg['source']!r} has no texts(); train on a --text_file instead.")
+    raise ValueError(f"Source {cfg['name']!r} has no texts(); train on a --text_file instead.")
   return list(source.texts())
 
 

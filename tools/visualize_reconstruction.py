@@ -52,20 +52,20 @@ def main(argv=None) -> int:
   try:
     config = config_lib.with_defaults(eval_lib.load_run_config(args.workdir))
     config.evals = {}
-    b, step, state = eval_lib.restore(config, args.workdir, args.checkpoint)
+    run, step, state = eval_lib.restore(config, args.workdir, args.checkpoint)
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   train_cfg = config.data.train.to_dict()
   opts = {k: v for k, v in train_cfg.items() if k not in ("pp", "split", "weight")}
   if args.source:
-    opts = {"source": args.source}
+    opts = {"name": args.source}
   source = sources.build(dict(opts, split=args.split))
-  pp = transforms.build(args.pp or train_cfg["pp"], **b["context"])
+  pp = transforms.build(args.pp or train_cfg["pp"], **run.pp_context)
   images = np.stack([pp(source[i])["image"] for i in range(min(args.num, len(source)))])
   vmin, vmax = (float(v) for v in args.value_range.split(","))
   try:
-    masked, recon, _ = reconstruct(b["model"], b["objective"], state.params, images,
+    masked, recon, _ = reconstruct(run.model, run.objective, run.eval_params(state), images,
                                    jax.random.PRNGKey(args.seed))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
   grid_png([images[:, :recon.shape[1], :recon.shape[2]], masked, recon], out, vmin, vmax,
            args.scale)
   print(f"Wrote {out}: {len(images)} images of step {step}; rows original / masked "
-        f"({b['objective'].mask_ratio:.0%} of patches) / reconstruction.")
+        f"({run.objective.mask_ratio:.0%} of patches) / reconstruction.")
   return 0
 
 

@@ -83,8 +83,8 @@ def save_converted(out_dir: str, model_cfg: Mapping[str, Any], params: Mapping[s
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, PARAMS_DIR), common.unflatten(params))
     checkpointer.wait_until_finished()
-    _write_json(os.path.join(tmp, CONFIG_FILE), model_cfg)
-    _write_json(os.path.join(tmp, META_FILE), meta)
+    write_json(os.path.join(tmp, CONFIG_FILE), model_cfg)
+    write_json(os.path.join(tmp, META_FILE), meta)
     for name, src in (extra_files or {}).items():
       shutil.copy(src, os.path.join(tmp, name))
   return os.path.abspath(out_dir)
@@ -116,7 +116,9 @@ def check_new_dir(out_dir: str) -> None:
                           " Choose a new output path or remove the old one.")
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+  """Writes `obj` to `path` as indented, key-sorted JSON (config.json and meta.json of a
+  converted checkpoint; the step of `save_converted` that runs after the params are saved)."""
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from bigvl.data.sources import SOURCES
+from bigvl.registry import SOURCES
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEMPLATES = (

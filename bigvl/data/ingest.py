@@ -34,7 +34,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from bigvl.data.sources import SOURCES
+from bigvl.registry import SOURCES
 
 IMAGE_COLUMNS = ("image", "file", "path", "filename")
 TEXT_COLUMNS = ("caption", "text")

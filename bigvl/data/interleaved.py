@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigvl.data import sources, transforms
-from bigvl.data.sources import SOURCES
+from bigvl.data import transforms
+from bigvl.registry import PP_OPS, SOURCES
 
 IMAGE = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"
@@ -27,12 +27,13 @@ SPECIAL_TOKENS = (IMAGE, END_OF_CHUNK)
 
 @SOURCES.register("interleaved")
 class Interleaved:
-  """k examples of `inner` per record; `size` records (default: len(inner) // k)."""
+  """k examples of `inner` (a source config: `dict(name="digits", split="train")`) per
+  record; `size` records (default: len(inner) // k)."""
 
   def __init__(self, inner: dict, k: int = 4, seed: int = 0, size: int | None = None):
     if k < 1:
       raise ValueError(f"interleaved source: k={k} must be >= 1.")
-    self.inner = sources.build(inner)
+    self.inner = SOURCES.build_from_config(inner, where="the interleaved source's inner")
     if len(self.inner) < k:
       raise ValueError(f"interleaved source: the inner source has {len(self.inner)} examples, "
                        f"fewer than k={k}.")
@@ -63,7 +64,7 @@ class Interleaved:
     return [f"{IMAGE}{t}{END_OF_CHUNK}" for t in self.inner.texts()]
 
 
-@transforms.OPS.register("each_image")
+@PP_OPS.register("each_image")
 def each_image(spec: str, key: str = "images"):
   """Runs the pp `spec` on every image of the list `ex[key]` and stacks them: (k, h, w, c)."""
   sub = transforms.build(spec)
@@ -74,7 +75,7 @@ def each_image(spec: str, key: str = "images"):
   return op
 
 
-@transforms.OPS.register("interleave_text")
+@PP_OPS.register("interleave_text")
 def interleave_text(key: str = "texts", out: str = "text", image: str = IMAGE,
                     end: str = END_OF_CHUNK):
   """One caption per example (random in training, the first when evaluating), each after

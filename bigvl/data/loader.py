@@ -20,7 +20,7 @@ which is also what makes a restore onto another process or worker count exact.
 from __future__ import annotations
 
 import sys
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import grain
 import numpy as np
@@ -52,15 +52,49 @@ def _unreadable(e: Exception) -> bool:
       type(e).__name__ in ("UnidentifiedImageError", "DecompressionBombError"))
 
 
+class LoaderBatch(NamedTuple):
+  """One process's share of a training batch, as the loader hands it to the loop.
+
+  inputs: {field: (local_batch, ...)} the model inputs, what the pp's `keep(...)` kept.
+  skipped: (local_batch,) bool, True where an unreadable example was replaced.
+  source: (local_batch,) int32, which source (index into `Stream.source_names`) each row
+    came from.
+  """
+  inputs: dict
+  skipped: np.ndarray
+  source: np.ndarray
+
+
+def source_configs(train_cfg) -> list[tuple[str, dict]]:
+  """(label, source config with its own pp and weight) of each source of a train data
+  config: the one source, or a mixture's components in sorted order of their labels."""
+  cfg = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else dict(train_cfg)
+  mixture = cfg.pop("mixture", None)
+  cfg.pop("pp", None)
+  if mixture:
+    if set(cfg) - {"weight"}:
+      raise ValueError(f"A mixture takes its sources under 'mixture'; move {sorted(cfg)} "
+                       "into a component.")
+    return [(label, dict(c)) for label, c in sorted(mixture.items())]
+  return [(str(cfg.get("name")), cfg)]
+
+
+def build_source(source_cfg: dict):
+  """The source of one `source_configs` entry (its pp and weight are the loader's)."""
+  cfg = {k: v for k, v in source_cfg.items() if k not in ("pp", "weight")}
+  return sources.build(cfg)
+
+
 class _Component:
   """One source of the stream with its own pp (a mixture has several)."""
 
-  def __init__(self, cfg: dict, context: dict, seed: int):
+  def __init__(self, label: str, cfg: dict, context: dict, seed: int):
     cfg = dict(cfg)
     self.weight = float(cfg.pop("weight", 1.0))
     self.pp = transforms.build(cfg.pop("pp", ""), **context)
-    self.name = cfg.get("source") + (f" split {cfg['split']}" if cfg.get("split") else "")
-    self.source = sources.build(cfg)
+    self.label = label
+    self.name = label + (f" split {cfg['split']}" if cfg.get("split") else "")
+    self.source = build_source(cfg)
     if len(self.source) == 0:
       raise ValueError(f"Training source {self.name} is empty.")
     self.examples = grain.MapDataset.source(ShuffledRepeat(self.source, seed, _STREAM_LEN))
@@ -69,9 +103,9 @@ class _Component:
 class Stream:
   """The global example stream: `stream.example(j)` is element j, with its pp applied.
 
-  `train_cfg` is one source (`{source, split?, pp, ...options}`) or a mixture
-  (`{mixture: {name: {source, weight, pp?, ...}}, pp}`: each component's own pp, then the
-  shared pp).
+  `train_cfg` is one source (`{name, split?, pp, ...options}`) or a mixture
+  (`{mixture: {label: {name, weight, pp?, ...}}, pp}`: each component's own pp, then the
+  shared pp). `source_names`: the sources' labels, in the order of `LoaderBatch.source`.
   """
 
   def __init__(self, train_cfg, *, seed: int, context: dict, on_corrupt: str = "skip"):
@@ -80,32 +114,34 @@ class Stream:
       raise ValueError(f"config.data.on_corrupt={on_corrupt!r}; valid: skip, error.")
     self.on_corrupt = on_corrupt
     self.seed = seed
-    mixture = cfg.pop("mixture", None)
-    self.pp = transforms.build(cfg.pop("pp", ""), **context)
-    if mixture:
-      if set(cfg) - {"weight"}:
-        raise ValueError(f"A mixture takes its sources under 'mixture'; move {sorted(cfg)} "
-                         "into a component.")
-      self.components = [_Component(c, context, seed + i)
-                         for i, (_, c) in enumerate(sorted(mixture.items()))]
+    self.pp = transforms.build(cfg.get("pp", ""), **context)
+    configs = source_configs(cfg)
+    self.components = [_Component(label, c, context, seed + i)
+                       for i, (label, c) in enumerate(configs)]
+    self.source_names = [c.label for c in self.components]
+    if "mixture" in cfg:
       weights = [c.weight for c in self.components]
       if min(weights) <= 0:
         raise ValueError(f"Mixture weights must be > 0, got {weights}.")
       tagged = [c.examples.map(lambda ex, i=i: (i, ex)) for i, c in enumerate(self.components)]
       self.examples = grain.MapDataset.mix(tagged, weights)
     else:
-      self.components = [_Component(cfg, context, seed)]
       self.examples = self.components[0].examples.map(lambda ex: (0, ex))
+
+  def example_source(self, j: int) -> int:
+    """The index of the source that stream element j comes from."""
+    return self.examples[j][0]
 
   def _load(self, j: int) -> dict:
     i, ex = self.examples[j]
     rng = np.random.default_rng((self.seed, j))
     return _arrays_only(self.pp(self.components[i].pp(ex, rng), rng))
 
-  def example(self, j: int) -> tuple[dict, bool]:
-    """(element j after pp, whether it replaces an unreadable example)."""
+  def example(self, j: int) -> tuple[dict, bool, int]:
+    """(element j after pp, whether it replaces an unreadable example, its source index)."""
+    i = self.example_source(j)
     try:
-      return self._load(j), False
+      return self._load(j), False, i
     except Exception as e:
       if not _unreadable(e):
         raise
@@ -119,7 +155,7 @@ class Stream:
     for _ in range(MAX_REPLACEMENTS):
       r = int(draws.integers(0, _STREAM_LEN))
       try:
-        return self._load(r), True
+        return self._load(r), True, self.example_source(r)
       except Exception as e:
         if not _unreadable(e):
           raise
@@ -148,9 +184,9 @@ def train_dataset(train_cfg, *, batch_size: int, seed: int, context: dict,
                   on_corrupt: str = "skip") -> grain.MapDataset:
   """Per-process batches of the training stream, as a random-access dataset.
 
-  Element s holds this process's share of global batch s: stream elements
-  s*batch_size + process_index + k*process_count. Every batch carries `_skipped`
-  (local_batch,) bool: True where an unreadable example was replaced.
+  Element s is a LoaderBatch of this process's share of global batch s: stream elements
+  s*batch_size + process_index + k*process_count; its `source` indexes the labels of
+  `source_configs(train_cfg)`.
   """
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes.")
@@ -159,10 +195,9 @@ def train_dataset(train_cfg, *, batch_size: int, seed: int, context: dict,
 
   def make_batch(s: int) -> dict:
     pos = s * batch_size + process_index + process_count * np.arange(local)
-    exs, skipped = zip(*(stream.example(int(j)) for j in pos))
-    batch = _stack(list(exs))
-    batch["_skipped"] = np.asarray(skipped, bool)
-    return batch
+    exs, skipped, source = zip(*(stream.example(int(j)) for j in pos))
+    return LoaderBatch(_stack(list(exs)), np.asarray(skipped, bool),
+                       np.asarray(source, np.int32))
 
   return grain.MapDataset.range(_STREAM_LEN // batch_size).map(make_batch)
 

@@ -30,7 +30,7 @@ import functools
 
 import numpy as np
 
-from bigvl.data.sources import SOURCES
+from bigvl.registry import SOURCES
 
 SHAPES = ("circle", "square", "triangle")
 # Far apart in RGB so that even a tiny model (and the tests) can tell them apart.

@@ -12,7 +12,7 @@ import json
 import os
 
 from bigvl.data import records
-from bigvl.data.sources import SOURCES
+from bigvl.registry import SOURCES
 
 FORMAT = "bigvl-shards"
 VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigvl.data.sources import SOURCES
+from bigvl.registry import SOURCES
 
 
 def _get(example, key: str):
@@ -40,24 +40,25 @@ def _to_texts(value) -> tuple[str, ...]:
 
 @SOURCES.register("tfds")
 class TfdsSource:
-  """Random-access canonical examples of one split of a TFDS dataset."""
+  """Random-access canonical examples of one split of a TFDS dataset (`dataset`: its TFDS
+  name, e.g. `dict(name="tfds", dataset="coco_captions", split="val")`)."""
 
-  def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
+  def __init__(self, dataset: str, split: str = "train", data_dir: str | None = None,
                image_key: str = "image", text_key: str | None = None,
                label_key: str | None = "label"):
     import tensorflow_datasets as tfds  # Heavy; only a tfds source pays for it.
-    self.name, self.split, self.data_dir = name, split, data_dir
+    self.dataset, self.split, self.data_dir = dataset, split, data_dir
     self.image_key, self.text_key = image_key, text_key
-    self._ds = tfds.data_source(name, split=split, data_dir=data_dir)
+    self._ds = tfds.data_source(dataset, split=split, data_dir=data_dir)
     features = self._ds.dataset_info.features
     known = sorted(features.keys())
     for what, key in (("image_key", image_key), ("text_key", text_key)):
       if key is not None and _feature(features, key) is None:
-        raise ValueError(f"tfds {name!r} has no feature {key!r} for {what}; its features: "
+        raise ValueError(f"tfds {dataset!r} has no feature {key!r} for {what}; its features: "
                          f"{known}. Set {what} in the 'tfds' source config.")
     label = _feature(features, label_key) if label_key else None
     if label_key and label is None and label_key != "label":
-      raise ValueError(f"tfds {name!r} has no feature {label_key!r} for label_key; its "
+      raise ValueError(f"tfds {dataset!r} has no feature {label_key!r} for label_key; its "
                        f"features: {known}. Set label_key=None for no labels.")
     self.label_key = label_key if label is not None else None
     names = getattr(label, "names", None) if isinstance(label, tfds.features.ClassLabel) else None
@@ -71,7 +72,7 @@ class TfdsSource:
     image = np.asarray(_get(ex, self.image_key), np.uint8)
     if image.ndim == 2:
       image = image[..., None]  # Keep (H, W, C) for every source.
-    return {"key": f"{self.name}/{self.split}/{int(i)}", "image": image,
+    return {"key": f"{self.dataset}/{self.split}/{int(i)}", "image": image,
             "texts": _to_texts(_get(ex, self.text_key)) if self.text_key else (),
             "label": np.int32(_get(ex, self.label_key) if self.label_key else -1)}
 
@@ -83,8 +84,8 @@ class TfdsSource:
     skip = tfds.decode.SkipDecoding()
     for part in reversed(self.image_key.split("/")):
       skip = {part: skip}
-    ds = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, decoders=skip)
+    ds = tfds.data_source(self.dataset, split=self.split, data_dir=self.data_dir, decoders=skip)
     return [t for i in range(len(ds)) for t in _to_texts(_get(ds[i], self.text_key))]
 
   def __repr__(self):
-    return f"TfdsSource({self.name!r}, split={self.split!r}, n={len(self)})"
+    return f"TfdsSource({self.dataset!r}, split={self.split!r}, n={len(self)})"

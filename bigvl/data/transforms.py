@@ -6,6 +6,8 @@ Each op is `fn(example: dict, rng: np.random.Generator | None) -> dict`. Random 
 draw from `rng`; given `rng=None` (evaluation) they take their deterministic
 counterpart (centre crop, first caption, no flip). The loader derives `rng` from the
 seed and the example's position in the stream, so augmentation is reproducible.
+Ops register with `@PP_OPS.register("name")` (bigvl.registry); bigvl/data/pp_ops.py lists
+the modules that define them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bigvl.registry import Registry, check_kwargs
+from bigvl.registry import PP_OPS, check_kwargs
 
-OPS = Registry("preprocessing op")
 Op = Callable[[dict, "np.random.Generator | None"], dict]
 
 
@@ -67,7 +68,7 @@ def build(spec: str, **context) -> Op:
   the spec leaves out, for ops that accept them."""
   ops = []
   for name, args, kwargs in parse(spec):
-    factory = OPS.get(name)
+    factory = PP_OPS.get(name)
     check_kwargs(factory, kwargs, f"pp op {name!r}")
     accepted = factory.__code__.co_varnames[:factory.__code__.co_argcount +
                                             factory.__code__.co_kwonlyargcount]
@@ -104,7 +105,7 @@ def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
   return top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
 
 
-@OPS.register("resize")
+@PP_OPS.register("resize")
 def resize(size, key: str = "image"):
   """Bilinear resize to `size` (int or (h, w)); the image becomes float32 in its input range."""
   h, w = (size, size) if isinstance(size, int) else size
@@ -115,7 +116,7 @@ def resize(size, key: str = "image"):
   return op
 
 
-@OPS.register("random_crop")
+@PP_OPS.register("random_crop")
 def random_crop(size, pad: int = 0, key: str = "image"):
   """Zero-pads by `pad` then crops `size` at a random place (centre when evaluating)."""
   h, w = (size, size) if isinstance(size, int) else size
@@ -136,7 +137,7 @@ def random_crop(size, pad: int = 0, key: str = "image"):
   return op
 
 
-@OPS.register("central_crop")
+@PP_OPS.register("central_crop")
 def central_crop(size, key: str = "image"):
   h, w = (size, size) if isinstance(size, int) else size
 
@@ -149,7 +150,7 @@ def central_crop(size, key: str = "image"):
   return op
 
 
-@OPS.register("flip_lr")
+@PP_OPS.register("flip_lr")
 def flip_lr(key: str = "image"):
   """Random horizontal flip with probability 1/2 (none when evaluating)."""
   def op(ex, rng):
@@ -170,7 +171,7 @@ def _flip_lr(img: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(img[:, ::-1])
 
 
-@OPS.register("value_range")
+@PP_OPS.register("value_range")
 def value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
                 in_max: float = 255.0, key: str = "image"):
   """Maps [in_min, in_max] linearly to [vmin, vmax], as float32."""
@@ -190,7 +191,7 @@ NORM_STATS = {
 }
 
 
-@OPS.register("normalize")
+@PP_OPS.register("normalize")
 def normalize(stats: str = "imagenet", key: str = "image"):
   """(x / 255 - mean) / std with named statistics: imagenet | clip | siglip."""
   if stats not in NORM_STATS:
@@ -227,7 +228,7 @@ def _affine(img, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
   return x
 
 
-@OPS.register("choose_text")
+@PP_OPS.register("choose_text")
 def choose_text(key: str = "texts", out: str = "text"):
   """Picks one of several captions at random (the first when evaluating)."""
   def op(ex, rng):
@@ -239,7 +240,7 @@ def choose_text(key: str = "texts", out: str = "text"):
   return op
 
 
-@OPS.register("tokenize")
+@PP_OPS.register("tokenize")
 def tokenize(key: str = "text", length: int | None = None, tokenizer=None, text_len=None):
   """Tokenizes `ex[key]` into (length,) int32 ids (EOS, then padding)."""
   if tokenizer is None:
@@ -254,7 +255,7 @@ def tokenize(key: str = "text", length: int | None = None, tokenizer=None, text_
   return op
 
 
-@OPS.register("keep")
+@PP_OPS.register("keep")
 def keep(*keys):
   """Keeps only the listed keys."""
   def op(ex, rng):
@@ -308,7 +309,7 @@ def _load_pixels(img, key: str, channels: int | None) -> np.ndarray:
     raise CorruptImage(f"cannot decode image {key!r}: {type(e).__name__}: {e}") from e
 
 
-@OPS.register("decode")
+@PP_OPS.register("decode")
 def decode(channels: int | None = 3, key: str = "image"):
   """Encoded image bytes (JPEG, PNG, ...) -> uint8 (H, W, channels).
 
@@ -353,7 +354,7 @@ def sample_crop_box(height: int, width: int, rng, scale=(0.08, 1.0), ratio=(3 / 
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-@OPS.register("inception_crop")
+@PP_OPS.register("inception_crop")
 def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int | None = 3,
                    key: str = "image"):
   """Random resized crop (Inception / torchvision RandomResizedCrop) to `size`, bilinear.
@@ -404,7 +405,7 @@ def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int 
   return op
 
 
-@OPS.register("resize_small")
+@PP_OPS.register("resize_small")
 def resize_small(size: int, key: str = "image"):
   """Resizes so that the shorter side is `size`, keeping the aspect ratio (bilinear)."""
   def op(ex, rng):
@@ -416,7 +417,7 @@ def resize_small(size: int, key: str = "image"):
   return op
 
 
-@OPS.register("rgb")
+@PP_OPS.register("rgb")
 def rgb(key: str = "image"):
   """Grey (H, W, 1) -> (H, W, 3) by repeating the channel; RGBA drops alpha."""
   def op(ex, rng):
@@ -447,7 +448,7 @@ def photometric(img: np.ndarray, rng, jitter: float, blur: float, solarize: floa
   return x.astype(np.uint8)
 
 
-@OPS.register("multi_crop")
+@PP_OPS.register("multi_crop")
 def multi_crop(global_size, local_size, num_global: int = 2, num_local: int = 6,
                global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), flip: bool = True,
                jitter: float = 0.0, blur: float = 0.0, solarize: float = 0.0,

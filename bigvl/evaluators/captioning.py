@@ -1,8 +1,8 @@
 """Evaluators for captioners: generated-caption metrics, and zero-shot classification by
 scoring each class's prompt with the caption likelihood (as CapPa evaluates).
 
-Both need a model with the captioner methods (`captioner`, `coca`; see
-bigvl/models/captioner.py).
+All need a model with the captioner methods (`capabilities.ImageCaptioner`: `captioner`,
+`coca`; see bigvl/models/captioner.py).
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import decoding
 from bigvl import sharding as sh
-from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS, caption_metrics, eval_batch_size
+from bigvl.data import loader, transforms
+from bigvl.evaluators import caption_metrics
+from bigvl.evaluators.context import data_label, eval_batch_size, eval_pp, eval_source
 from bigvl.evaluators.images import to_rgb_uint8
-
-
-def _check_captioner(model, what: str) -> None:
-  if not all(hasattr(model, m) for m in ("encode", "decode_step", "caption_logits")):
-    raise ValueError(f"Evaluator {what!r} needs a captioning model (captioner, coca); "
-                     f"config.model is {type(model).__name__}.")
+from bigvl.models.capabilities import ImageCaptioner, require
+from bigvl.registry import EVALUATORS
 
 
 def _batches(ctx, source, pp, batch_size, keys=("image",)):
@@ -39,18 +36,17 @@ class CaptioningEval:
   captions: `exact_match` (the caption equals one of them, up to case and punctuation),
   `bleu4` and `cider` (CIDEr-D), as in the COCO caption evaluation."""
 
-  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
-               decode: str = "greedy", beam_size: int = 4, max_len: int | None = None,
-               batch_size: int = 256, show: int = 3, num_images: int = 6,
-               value_range=(-1.0, 1.0), **source_opts):
-    _check_captioner(ctx.model, "captioning")
+  def __init__(self, ctx, *, data: dict, decode: str = "greedy", beam_size: int = 4,
+               max_len: int | None = None, batch_size: int = 256, show: int = 3,
+               num_images: int = 6, value_range=(-1.0, 1.0)):
+    require(ctx.model, ImageCaptioner, "captioning")
     if decode not in ("greedy", "beam"):
       raise ValueError(f"captioning eval: decode={decode!r}; valid: greedy, beam.")
     self.ctx, self.decode, self.beam_size, self.show = ctx, decode, beam_size, show
     self.num_images, self.value_range, self._grid = num_images, tuple(value_range), None
     self.max_len = max_len or ctx.text_len
-    self.source = sources.build(dict(source=source, split=split, **source_opts))
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.source = eval_source(data, "captioning")
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
     self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
@@ -121,17 +117,17 @@ class ScoringZeroShot:
   """Zero-shot classification with a captioner: each class is scored by the log-likelihood
   of its prompts given the image (the mean over `templates`), the best class wins."""
 
-  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
-               class_names=None, templates=None, batch_size: int = 256, **source_opts):
-    _check_captioner(ctx.model, "scoring_zeroshot")
+  def __init__(self, ctx, *, data: dict, class_names=None, templates=None,
+               batch_size: int = 256):
+    require(ctx.model, ImageCaptioner, "scoring_zeroshot")
     self.ctx = ctx
-    self.source = sources.build(dict(source=source, split=split, **source_opts))
+    self.source = eval_source(data, "scoring_zeroshot")
     self.class_names = list(class_names or getattr(self.source, "class_names", None) or [])
     self.templates = list(templates or getattr(self.source, "templates", None) or ["{}"])
     if not self.class_names:
-      raise ValueError(f"scoring_zeroshot on {source}:{split}: the source has no class_names; "
+      raise ValueError(f"scoring_zeroshot on {data_label(data)}: the source has no class_names; "
                        "set them in the eval config.")
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model, tok = ctx.model, ctx.tokenizer
     prompts = [t.format(c) for c in self.class_names for t in self.templates]
@@ -167,12 +163,11 @@ class Perplexity:
   including its EOS (the tokens the captioning loss counts). The pp must give `image` and
   a tokenized `text` (e.g. `...|choose_text|tokenize`, the first caption when evaluating)."""
 
-  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
-               batch_size: int = 256, **source_opts):
-    _check_captioner(ctx.model, "perplexity")
+  def __init__(self, ctx, *, data: dict, batch_size: int = 256):
+    require(ctx.model, ImageCaptioner, "perplexity")
     self.ctx = ctx
-    self.source = sources.build(dict(source=source, split=split, **source_opts))
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.source = eval_source(data, "perplexity")
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model, tok = ctx.model, ctx.tokenizer
 

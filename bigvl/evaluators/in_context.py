@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvl.data import sources, transforms
+from bigvl.data import transforms
 from bigvl.data.interleaved import END_OF_CHUNK, IMAGE
-from bigvl.evaluators import EVALUATORS
+from bigvl.evaluators.context import data_label, eval_pp, eval_source
+from bigvl.models.capabilities import InterleavedLM, require
+from bigvl.registry import EVALUATORS
 
 
 def chunk(caption: str) -> str:
@@ -40,29 +42,31 @@ def query_chunk_mask(tokens: np.ndarray, image_id: int, pad_id: int) -> np.ndarr
 
 @EVALUATORS.register("in_context")
 class InContext:
-  """k-shot classification (and captioning) of `source`/`split` images for each k in `shots`."""
+  """k-shot classification (and captioning) of the images of `data` (a data config; the
+  split evaluated, default "test") for each k in `shots`, with supports drawn from
+  `support_split` of the same data."""
 
-  def __init__(self, ctx, *, source: str = "digits", split: str = "test",
-               support_split: str = "train", pp: str = "", shots=(0, 4),
+  def __init__(self, ctx, *, data: dict, support_split: str = "train", shots=(0, 4),
                prompt: str = "a photo of the digit {}.", max_examples: int | None = None,
                batch_size: int = 32, seed: int = 0, captioning: bool = False,
-               max_caption_len: int = 24, text_len: int | None = None, **source_opts):
+               max_caption_len: int = 24, text_len: int | None = None):
+    require(ctx.model, InterleavedLM, "in_context")
     if ctx.tokenizer is None:
       raise ValueError("The in_context evaluator needs the run's tokenizer.")
     self.ctx, self.tok = ctx, ctx.tokenizer
     self.image_id = self.tok.piece_id(IMAGE)
     self.end_id = self.tok.piece_id(END_OF_CHUNK)
-    self.query = sources.build(dict(source=source, split=split, **source_opts))
-    self.support = sources.build(dict(source=source, split=support_split, **source_opts))
+    self.query = eval_source(data, "in_context")
+    self.support = eval_source(data, "in_context", split=support_split)
     if not hasattr(self.query, "class_names"):
-      raise ValueError(f"in_context: source {source!r} has no class_names.")
+      raise ValueError(f"in_context: source {data_label(data)} has no class_names.")
     self.class_names = list(self.query.class_names)
     self.shots = tuple(int(k) for k in shots)
     self.prompt, self.seed, self.captioning = prompt, seed, captioning
     self.max_caption_len = max_caption_len
     self.batch_size = batch_size
     self.text_len = text_len or ctx.text_len
-    self.pp = transforms.build(pp)
+    self.pp = transforms.build(eval_pp(data))
     n = len(self.query) if max_examples is None else min(max_examples, len(self.query))
     self.n = n
     self._query_images = np.stack([self.pp(self.query[i])["image"] for i in range(n)])
@@ -79,7 +83,8 @@ class InContext:
 
   # ----------------------------------------------------------------------------------------
 
-  def _encode(self, texts: list[str]) -> np.ndarray:
+  def encode_prompts(self, texts: list[str]) -> np.ndarray:
+    """Prompts -> (n, text_len) int32 ids; raises if one does not fit `text_len`."""
     ids = self.tok.encode(texts, self.text_len)
     if (ids == self.tok.eos_id).sum(1).min() == 0 or any(
         len(p) + 1 > self.text_len for p in self.tok.sp.encode(texts)):
@@ -87,11 +92,18 @@ class InContext:
                        f"{self.text_len} tokens; raise the evaluator's text_len.")
     return ids
 
-  def _prefix(self, i: int, k: int) -> str:
+  def support_indices(self, i: int, k: int) -> np.ndarray:
+    """(k,) indices into `self.support` of query `i`'s supports: the first k of one draw of
+    max(shots), so the shots nest."""
+    return self._support_idx[i, :k]
+
+  def prefix(self, i: int, k: int) -> str:
+    """The k support chunks that precede query `i`'s own chunk in its prompt."""
     return "".join(chunk(self.prompt.format(self.class_names[self._support_labels[int(j)]]))
                    for j in self._support_idx[i, :k])
 
-  def _images(self, idx: np.ndarray, k: int) -> np.ndarray:
+  def images(self, idx: np.ndarray, k: int) -> np.ndarray:
+    """(len(idx), k + 1, h, w, c): the k support images of each query in `idx`, then its own."""
     return np.stack([np.stack([self._support_images[int(j)] for j in self._support_idx[i, :k]]
                               + [self._query_images[i]]) for i in idx])
 
@@ -129,18 +141,23 @@ class InContext:
       self._fns["next"], self._fns["encode"] = next_token, encode
     return self._fns["encode"], self._fns["next"]
 
+  def class_scores(self, params, idx: np.ndarray, k: int) -> np.ndarray:
+    """(len(idx), n_classes) float: log-likelihood of each class's query chunk (through EOS)
+    after the k-shot prefix of each query in `idx`."""
+    texts = [self.prefix(i, k) + chunk(self.prompt.format(c)) for i in idx
+             for c in self.class_names]
+    tokens = self.encode_prompts(texts)
+    mask = query_chunk_mask(tokens, self.image_id, self.tok.pad_id)
+    c = len(self.class_names)
+    return np.asarray(self._score_fn()(params, self.images(idx, k),
+                                       tokens.reshape(len(idx), c, -1),
+                                       mask.reshape(len(idx), c, -1)))
+
   def classify(self, params, k: int) -> float:
-    score = self._score_fn()
     correct = 0
     for s in range(0, self.n, self.batch_size):
       idx = np.arange(s, min(s + self.batch_size, self.n))
-      texts = [self._prefix(i, k) + chunk(self.prompt.format(c)) for i in idx
-               for c in self.class_names]
-      tokens = self._encode(texts)
-      mask = query_chunk_mask(tokens, self.image_id, self.tok.pad_id)
-      c = len(self.class_names)
-      scores = np.asarray(score(params, self._images(idx, k), tokens.reshape(len(idx), c, -1),
-                                mask.reshape(len(idx), c, -1)))
+      scores = self.class_scores(params, idx, k)
       correct += int((scores.argmax(1) == self._labels[idx]).sum())
     return correct / self.n
 
@@ -150,7 +167,7 @@ class InContext:
     exact = named = 0
     for s in range(0, self.n, self.batch_size):
       idx = np.arange(s, min(s + self.batch_size, self.n))
-      prefixes = [self._prefix(i, k) + IMAGE for i in idx]
+      prefixes = [self.prefix(i, k) + IMAGE for i in idx]
       ids = [list(p) for p in self.tok.sp.encode(prefixes)]
       tokens = np.full((len(idx), self.text_len), self.tok.pad_id, np.int32)
       for r, p in enumerate(ids):
@@ -161,7 +178,7 @@ class InContext:
       pos = np.asarray([len(p) - 1 for p in ids])
       stop = np.minimum(pos + self.max_caption_len, self.text_len - 1)
       done = np.zeros(len(idx), bool)
-      media = encode(params, self._images(idx, k))
+      media = encode(params, self.images(idx, k))
       while not done.all():
         nxt = np.asarray(next_token(params, media, tokens, pos))
         pos = pos + 1

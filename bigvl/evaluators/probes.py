@@ -1,9 +1,10 @@
 """Evaluators on frozen image features: few-shot / linear probe by closed-form regularised
 least squares (as big_vision's few-shot evaluator), and k-nearest neighbours.
 
-Features: a model's `embed_image` when it has one (MAE, SimMIM: mean encoder token; DINO:
-the teacher backbone's pooled features); a two-tower model's normalised image embedding; a
-ViT's pooled features (`pre_logits`); a captioner's mean image token.
+Features: the model's `embed_image` (bigvl/models/capabilities.py `ImageEmbedder`): a ViT's
+pooled features (`pre_logits`); a two-tower model's normalised image embedding; a captioner's
+mean image token; MAE, SimMIM: the mean encoder token; DINO: the teacher backbone's pooled
+features.
 """
 
 from __future__ import annotations
@@ -13,25 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigvl import sharding as sh
-from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS, eval_batch_size
+from bigvl.data import loader, transforms
+from bigvl.evaluators.context import eval_batch_size, eval_pp, eval_source
+from bigvl.models.capabilities import ImageEmbedder, require
+from bigvl.registry import EVALUATORS
 
 DEFAULT_L2 = tuple(2.0 ** k for k in range(-6, 14, 2))
-
-
-def _features(model, params, images):
-  if hasattr(model, "embed_image"):  # Image-only models (MAE, SimMIM, DINO) say what to probe.
-    return model.apply({"params": params}, images, method="embed_image")
-  if hasattr(model, "encode"):  # Captioner / CoCa: the image tokens the decoder reads.
-    return model.apply({"params": params}, images, method="encode").mean(axis=1)
-  out = model.apply({"params": params}, images, None, train=False) \
-      if hasattr(model, "image") and hasattr(model, "text") else \
-      model.apply({"params": params}, images, train=False)
-  if len(out) == 3:  # TwoTowers: (zimg, ztxt, extras).
-    return out[0]
-  feats, extras = out
-  feats = extras.get("pre_logits", feats)
-  return feats.mean(axis=1) if feats.ndim == 3 else feats
 
 
 def extract_features(ctx, source, pp, batch_size: int, params, feature_fn) -> tuple:
@@ -87,16 +75,21 @@ def knn_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, k: int):
 
 
 class _Probe:
-  """Shared setup: a labelled source's train and test splits and a feature function."""
+  """Shared setup: a labelled source's test split (`data`, its data config; the split
+  evaluated, default "test") and train split (`train_split` of the same data), and a
+  feature function."""
+  kind = "probe"  # The evaluator's registered name, for errors.
 
-  def __init__(self, ctx, *, source, train_split, test_split, pp, batch_size, source_opts):
+  def __init__(self, ctx, *, data, train_split, batch_size):
+    require(ctx.model, ImageEmbedder, self.kind)
     self.ctx = ctx
-    self.train = sources.build(dict(source=source, split=train_split, **source_opts))
-    self.test = sources.build(dict(source=source, split=test_split, **source_opts))
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.train = eval_source(data, self.kind, split=train_split)
+    self.test = eval_source(data, self.kind)
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
-    self._feature_fn = jax.jit(lambda p, x: _features(model, p, x).astype(jnp.float32))
+    self._feature_fn = jax.jit(lambda p, x: model.apply(
+        {"params": p}, x, method="embed_image").astype(jnp.float32))
 
   def features(self, params):
     tr = extract_features(self.ctx, self.train, self.pp, self.batch_size, params,
@@ -112,12 +105,11 @@ class FewShot(_Probe):
   """Linear probes on frozen features: `{k}shot` (k training examples per class) for each
   k in `shots`, and `linear` (the whole train split) when `full=True`. The L2 penalty is
   picked from `l2_regs` on a held-out part of the train split, never on the test split."""
+  kind = "fewshot"
 
-  def __init__(self, ctx, *, source: str = "digits", train_split: str = "train",
-               test_split: str = "test", pp: str = "", shots=(1, 5, 10), full: bool = True,
-               l2_regs=DEFAULT_L2, seed: int = 0, batch_size: int = 256, **source_opts):
-    super().__init__(ctx, source=source, train_split=train_split, test_split=test_split,
-                     pp=pp, batch_size=batch_size, source_opts=source_opts)
+  def __init__(self, ctx, *, data: dict, train_split: str = "train", shots=(1, 5, 10),
+               full: bool = True, l2_regs=DEFAULT_L2, seed: int = 0, batch_size: int = 256):
+    super().__init__(ctx, data=data, train_split=train_split, batch_size=batch_size)
     self.shots, self.full, self.l2_regs, self.seed = tuple(shots), full, tuple(l2_regs), seed
 
   def _fit(self, x, y, xval, yval, num_classes):
@@ -150,12 +142,11 @@ class FewShot(_Probe):
 @EVALUATORS.register("knn")
 class KNN(_Probe):
   """k-nearest-neighbour (cosine) classification of the test split by the train split."""
+  kind = "knn"
 
-  def __init__(self, ctx, *, source: str = "digits", train_split: str = "train",
-               test_split: str = "test", pp: str = "", k: int = 20, batch_size: int = 256,
-               **source_opts):
-    super().__init__(ctx, source=source, train_split=train_split, test_split=test_split,
-                     pp=pp, batch_size=batch_size, source_opts=source_opts)
+  def __init__(self, ctx, *, data: dict, train_split: str = "train", k: int = 20,
+               batch_size: int = 256):
+    super().__init__(ctx, data=data, train_split=train_split, batch_size=batch_size)
     if k < 1:
       raise ValueError(f"knn: k={k} must be >= 1.")
     self.k = k

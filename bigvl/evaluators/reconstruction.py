@@ -7,12 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS
+from bigvl.data import transforms
+from bigvl.evaluators.context import eval_pp, eval_source
 from bigvl.evaluators.images import to_rgb_uint8
 from bigvl.models.masked_image import patchify, unpatchify
 from bigvl.objectives import masked_image
 from bigvl.objectives.masking import random_keep
+from bigvl.registry import EVALUATORS
 
 
 def reconstruct(model, objective, params, images, rng):
@@ -65,13 +66,12 @@ class Reconstruction:
   in training, fixed masks from `seed`), and a grid of the first `num_images` reconstructions
   that the loop writes to TensorBoard (`eval/<name>/reconstruction`)."""
 
-  def __init__(self, ctx, *, source: str = "digits", split: str = "test", pp: str = "",
-               num_images: int = 8, max_examples: int = 512, seed: int = 0,
-               value_range=(-1.0, 1.0), objective=None, **source_opts):
+  def __init__(self, ctx, *, data: dict, num_images: int = 8, max_examples: int = 512,
+               seed: int = 0, value_range=(-1.0, 1.0), objective=None):
     from bigvl import objectives
     self.ctx = ctx
-    self.source = sources.build(dict(source=source, split=split, **source_opts))
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.source = eval_source(data, "reconstruction")
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.objective = objectives.build(objective) if objective else ctx.objective
     if not isinstance(self.objective, (masked_image.MAE, masked_image.SimMIM)):
       raise ValueError("The reconstruction evaluator needs an mae or simmim objective.")
@@ -79,7 +79,7 @@ class Reconstruction:
     n = min(len(self.source), max_examples)
     self._examples = np.stack([self.pp(self.source[i])["image"] for i in range(n)])
     model, obj = ctx.model, self.objective
-    self._loss = jax.jit(lambda p, x, rng: obj(model, p, {"image": x}, rng, train=False)[0])
+    self._loss = jax.jit(lambda p, x, rng: obj.loss(model, p, {"image": x}, rng, train=False)[0])
     self._grid = None
 
   def run(self, params) -> dict[str, float]:

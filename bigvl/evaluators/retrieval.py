@@ -11,8 +11,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import sharding as sh
-from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS, eval_batch_size
+from bigvl.data import loader, transforms
+from bigvl.evaluators.context import eval_batch_size, eval_pp, eval_source
+from bigvl.models.capabilities import ImageTextEmbedder, require
+from bigvl.registry import EVALUATORS
 
 _CHUNK = 1024  # Query rows per similarity block: bounds host memory on 5k x 25k sets.
 
@@ -51,17 +53,19 @@ def recall_at_k(img_emb: np.ndarray, txt_emb: np.ndarray, txt_image: np.ndarray,
 
 @EVALUATORS.register("retrieval")
 class Retrieval:
-  """Recall@1/5/10 image->text and text->image over a source's images and their captions."""
+  """Recall@1/5/10 image->text and text->image over a source's images and their captions
+  (`data`: its data config)."""
 
-  def __init__(self, ctx, *, source: str = "shapes", split: str = "test", pp: str = "",
-               ks=(1, 5, 10), batch_size: int = 256, **source_opts):
+  def __init__(self, ctx, *, data: dict, ks=(1, 5, 10), batch_size: int = 256):
+    require(ctx.model, ImageTextEmbedder, "retrieval")
     self.ctx, self.ks = ctx, tuple(ks)
-    self.source = sources.build(dict(source=source, split=split, **source_opts))
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.source = eval_source(data, "retrieval")
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
-    self._embed_image = jax.jit(lambda p, x: model.apply({"params": p}, x, None, train=False)[0])
-    self._embed_text = jax.jit(lambda p, t: model.apply({"params": p}, None, t, train=False)[1])
+    self._embed_image = jax.jit(
+        lambda p, x: model.apply({"params": p}, x, method="embed_image_joint"))
+    self._embed_text = jax.jit(lambda p, t: model.apply({"params": p}, t, method="embed_text"))
 
   def _texts(self):
     texts, owner = [], []

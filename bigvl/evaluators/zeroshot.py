@@ -7,8 +7,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import sharding as sh
-from bigvl.data import loader, sources, transforms
-from bigvl.evaluators import EVALUATORS, eval_batch_size
+from bigvl.data import loader, transforms
+from bigvl.evaluators.context import data_label, eval_batch_size, eval_pp, eval_source
+from bigvl.models.capabilities import ImageTextEmbedder, require
+from bigvl.registry import EVALUATORS
 
 
 def class_embeddings(text_emb: np.ndarray) -> np.ndarray:
@@ -31,24 +33,25 @@ def topk_accuracy(img_emb: np.ndarray, labels: np.ndarray, cls_emb: np.ndarray,
 
 @EVALUATORS.register("zeroshot")
 class ZeroShot:
-  """Top-1/top-5 of `argmax_c <image, mean_t text(template_t(class_c))>` on a labelled source."""
+  """Top-1/top-5 of `argmax_c <image, mean_t text(template_t(class_c))>` on a labelled source
+  (`data`: its data config; `class_names`, `templates`: default the source's)."""
 
-  def __init__(self, ctx, *, source: str = "digits", split: str = "test", pp: str = "",
-               class_names=None, templates=None, batch_size: int = 256, **source_opts):
+  def __init__(self, ctx, *, data: dict, class_names=None, templates=None,
+               batch_size: int = 256):
+    require(ctx.model, ImageTextEmbedder, "zeroshot")
     self.ctx = ctx
-    self.source = sources.build(dict(source=source, split=split, **source_opts))
+    self.source = eval_source(data, "zeroshot")
     self.class_names = list(class_names or getattr(self.source, "class_names", []) or [])
     self.templates = list(templates or getattr(self.source, "templates", None) or ["{}"])
     if not self.class_names:
-      raise ValueError(f"zeroshot on {source}:{split}: the source has no class_names; "
+      raise ValueError(f"zeroshot on {data_label(data)}: the source has no class_names; "
                        "set them in the eval config.")
-    self.pp = transforms.build(pp, tokenizer=ctx.tokenizer, text_len=ctx.text_len)
+    self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model = ctx.model
     self._embed_image = jax.jit(
-        lambda p, x: model.apply({"params": p}, x, None, train=False)[0])
-    self._embed_text = jax.jit(
-        lambda p, t: model.apply({"params": p}, None, t, train=False)[1])
+        lambda p, x: model.apply({"params": p}, x, method="embed_image_joint"))
+    self._embed_text = jax.jit(lambda p, t: model.apply({"params": p}, t, method="embed_text"))
 
   def _global(self, x):
     return sh.to_global_batch({"x": x}, self.ctx.mesh, self.ctx.rules)["x"]

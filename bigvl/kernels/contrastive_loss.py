@@ -347,9 +347,16 @@ class _Plan:
   txt: _Config
 
 
-def _plan(kind: str, positives: bool, n: int, m: int, d: int,
-          block_sizes: BlockSizes | None, interpret: bool | None,
-          itemsize: int = 4) -> _Plan:
+def prepare(kind: str, positives: bool, n: int, m: int, d: int,
+            block_sizes: BlockSizes | None, interpret: bool | None,
+            itemsize: int = 4) -> _Plan:
+  """Block sizes and padded shapes of one loss call on zimg (n, d), ztxt (m, d).
+
+  `kind`: "sigmoid" | "softmax"; `positives`: sigmoid pair (i, i) is positive; `itemsize`:
+  bytes per element (picks the default `block_d`). Returns a plan with `n_pad`, `m_pad`,
+  `d_pad` (the shapes `pad_to` makes) and the kernel configs `img` (rows = images) and `txt`
+  (rows = texts) that `forward_call` / `backward_call` take.
+  """
   bs = block_sizes or BlockSizes()
   if bs.block_d is None:
     bs = dataclasses.replace(bs, block_d=128 if itemsize <= 2 else 64)
@@ -371,19 +378,21 @@ def _plan(kind: str, positives: bool, n: int, m: int, d: int,
                txt=_Config(n_rows=m, n_cols=n, **common))
 
 
-def _pad(z, rows: int, cols: int):
+def pad_to(z, rows: int, cols: int):
+  """z (r, c) zero-padded to (rows, cols), the kernels' block-padded input."""
   return jnp.pad(z, ((0, rows - z.shape[0]), (0, cols - z.shape[1])))
 
 
-def _tb(t, b):
+def scale_bias(t, b):
+  """Scalars t, b -> [t, b] float32 (2,): the `tb` operand of the kernels."""
   return jnp.stack([jnp.asarray(t, jnp.float32).reshape(()),
                     jnp.asarray(b, jnp.float32).reshape(())])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _sigmoid_sum(zimg, ztxt, t, b, plan: _Plan):
-  x, y = _pad(zimg, plan.n_pad, plan.d_pad), _pad(ztxt, plan.m_pad, plan.d_pad)
-  return jnp.sum(forward_call(x, y, _tb(t, b), plan.img))
+  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
+  return jnp.sum(forward_call(x, y, scale_bias(t, b), plan.img))
 
 
 def _sigmoid_sum_fwd(zimg, ztxt, t, b, plan):
@@ -392,8 +401,8 @@ def _sigmoid_sum_fwd(zimg, ztxt, t, b, plan):
 
 def _sigmoid_sum_bwd(plan, res, ct):
   zimg, ztxt, t, b = res
-  x, y = _pad(zimg, plan.n_pad, plan.d_pad), _pad(ztxt, plan.m_pad, plan.d_pad)
-  tb = _tb(t, b)
+  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
+  tb = scale_bias(t, b)
   dx, gsum = backward_call(x, y, tb, plan.img)
   dy, _ = backward_call(y, x, tb, plan.txt)
   dx, dy = dx[:plan.n, :zimg.shape[1]], dy[:plan.m, :ztxt.shape[1]]
@@ -412,8 +421,8 @@ _sigmoid_sum.defvjp(_sigmoid_sum_fwd, _sigmoid_sum_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _lse_pair(zimg, ztxt, t, plan: _Plan):
   """(row logsumexp (n,), column logsumexp (m,)) of logits = t * zimg @ ztxt.T."""
-  x, y = _pad(zimg, plan.n_pad, plan.d_pad), _pad(ztxt, plan.m_pad, plan.d_pad)
-  tb = _tb(t, 0.0)
+  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
+  tb = scale_bias(t, 0.0)
   return (forward_call(x, y, tb, plan.img)[:plan.n], forward_call(y, x, tb, plan.txt)[:plan.m])
 
 
@@ -425,8 +434,8 @@ def _lse_pair_fwd(zimg, ztxt, t, plan):
 def _lse_pair_bwd(plan, res, cts):
   zimg, ztxt, t, lse_r, lse_c = res
   ct_r, ct_c = cts
-  x, y = _pad(zimg, plan.n_pad, plan.d_pad), _pad(ztxt, plan.m_pad, plan.d_pad)
-  tb = _tb(t, 0.0)
+  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
+  tb = scale_bias(t, 0.0)
   pad_n = lambda v: jnp.pad(v.astype(jnp.float32), (0, plan.n_pad - plan.n))
   pad_m = lambda v: jnp.pad(v.astype(jnp.float32), (0, plan.m_pad - plan.m))
   r = (pad_n(lse_r), pad_n(ct_r))
@@ -477,8 +486,8 @@ def sigmoid_loss_block(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Ar
   if positives and zimg.shape[0] != ztxt.shape[0]:
     raise ValueError(f"positives=True needs as many images as texts; got {zimg.shape[0]} "
                      f"and {ztxt.shape[0]}.")
-  plan = _plan("sigmoid", positives, zimg.shape[0], ztxt.shape[0], zimg.shape[1],
-               block_sizes, interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
+  plan = prepare("sigmoid", positives, zimg.shape[0], ztxt.shape[0], zimg.shape[1],
+                 block_sizes, interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
   return _sigmoid_sum(zimg, ztxt, t, b, plan)
 
 
@@ -516,8 +525,8 @@ def softmax_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, *, impl: str = 
   if zimg.shape[0] != ztxt.shape[0]:
     raise ValueError(f"softmax_loss needs paired rows; got {zimg.shape[0]} images and "
                      f"{ztxt.shape[0]} texts.")
-  plan = _plan("softmax", True, zimg.shape[0], ztxt.shape[0], zimg.shape[1], block_sizes,
-               interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
+  plan = prepare("softmax", True, zimg.shape[0], ztxt.shape[0], zimg.shape[1], block_sizes,
+                 interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
   lse_r, lse_c = _lse_pair(zimg, ztxt, t, plan)
   # The positive logits are O(n d): plain JAX, differentiated by autodiff.
   diag = t * jnp.einsum("id,id->i", zimg, ztxt, preferred_element_type=jnp.float32)

@@ -1,36 +1,26 @@
-"""Model registry: `config.model.name` -> a Flax linen module class."""
+"""Models: `config.model.name` -> a Flax linen module class, built with the section's other keys.
 
-from bigvl.registry import Registry
-from bigvl.models.captioner import Captioner, CoCa
-from bigvl.models.dino import Dino
-from bigvl.models.flamingo import Flamingo
-from bigvl.models.lm import CausalLM
-from bigvl.models.masked_image import MAE, SimMIM
-from bigvl.models.text import TextTransformer
-from bigvl.models.two_towers import TwoTowers
-from bigvl.models.vit import ViT
+Each model module registers its classes with `@MODELS.register("name")` (bigvl/registry.py);
+this package is MODELS' list of those modules: importing it registers them all.
+"""
 
-MODELS = Registry("model")
-MODELS.register("vit")(ViT)
-MODELS.register("text")(TextTransformer)
-MODELS.register("two_towers")(TwoTowers)
-MODELS.register("captioner")(Captioner)
-MODELS.register("coca")(CoCa)
-MODELS.register("mae")(MAE)
-MODELS.register("simmim")(SimMIM)
-MODELS.register("dino")(Dino)
-MODELS.register("lm")(CausalLM)
-MODELS.register("flamingo")(Flamingo)
+from bigvl.registry import MODELS, config_dict
+
+# The model modules, one line each (a new model file adds its line here).
+from bigvl.models import captioner  # noqa: F401,E402  (captioner, coca)
+from bigvl.models import dino  # noqa: F401,E402  (dino)
+from bigvl.models import flamingo  # noqa: F401,E402  (flamingo)
+from bigvl.models import lm  # noqa: F401,E402  (lm)
+from bigvl.models import masked_image  # noqa: F401,E402  (mae, simmim)
+from bigvl.models import text  # noqa: F401,E402  (text)
+from bigvl.models import two_towers  # noqa: F401,E402  (two_towers)
+from bigvl.models import vit  # noqa: F401,E402  (vit)
 
 
 def build(model_cfg) -> "nn.Module":
   """Builds the module named `model_cfg.name` with the remaining keys as its options."""
-  cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-  if "name" not in cfg:
-    raise ValueError("config.model.name is not set; valid: " + ", ".join(MODELS.names()))
-  name = cfg.pop("name")
-  cfg = _resolve_dtypes(cfg)
-  return MODELS.build(name, **cfg)
+  return MODELS.build_from_config(_resolve_dtypes(config_dict(model_cfg, "config.model")),
+                                  where="config.model")
 
 
 def _resolve_dtypes(cfg):

@@ -7,7 +7,10 @@ Both expose the same methods to objectives, decoding and evaluators (call them t
 * `caption_logits(memory, text, parallel=False)` -> (b, l, vocab): teacher-forced logits
   predicting `text` (targets; the model shifts them right itself);
 * `decode_step(prev (b, 1), memory)` -> (b, vocab) logits of the next token, with the KV
-  cache in the `cache` collection (mutable; see bigvl/decoding.py).
+  cache in the `cache` collection (mutable; see bigvl/decoding.py);
+* `embed_image(image)` -> (b, decoder width): the mean memory token (probe features).
+
+(`capabilities.ImageCaptioner` and `ImageEmbedder`; CoCa is also an `ImageTextEmbedder`.)
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import numpy as np
 from bigvl import sharding as sh
 from bigvl.models import layers
 from bigvl.models.decoder import TextDecoder, shift_right
-from bigvl.models.two_towers import _l2_normalize
+from bigvl.models.two_towers import l2_normalize
 from bigvl.models.vit import ViT
-from bigvl.registry import check_kwargs
+from bigvl.registry import MODELS, check_kwargs
 
 
 def _vit_tokens(opts: dict, dtype, what: str) -> ViT:
@@ -58,7 +61,13 @@ class _CaptionMethods:
     logits, _ = self.dec(prev, memory, decode=True)
     return logits[:, -1]
 
+  def embed_image(self, image):
+    """image (b, h, w, c) -> (b, d_dec): the mean of the image tokens the decoder reads
+    (`encode`), in inference mode. What frozen-feature probes read."""
+    return self.encode(image).mean(axis=1)
 
+
+@MODELS.register("captioner")
 class Captioner(_CaptionMethods, nn.Module):
   """ViT encoder + TextDecoder. (image (b,h,w,c), text (b,l)) -> logits (b, l, vocab).
 
@@ -83,6 +92,7 @@ class Captioner(_CaptionMethods, nn.Module):
                                train=train)
 
 
+@MODELS.register("coca")
 class CoCa(_CaptionMethods, nn.Module):
   """Contrastive captioner. (image | None, text | None) -> (zimg, ztxt, extras), like TwoTowers,
   so the contrastive objectives and zero-shot evaluation apply unchanged; with both inputs
@@ -126,12 +136,20 @@ class CoCa(_CaptionMethods, nn.Module):
     zimg = ztxt = memory = None
     if image is not None:
       tokens, _ = self.img(image, train=train)
-      zimg = _l2_normalize(self.img_proj(self.img_pool(tokens)).astype(jnp.float32))
+      zimg = l2_normalize(self.img_proj(self.img_pool(tokens)).astype(jnp.float32))
       memory = self._memory(tokens)
     if text is not None:
       inputs = shift_right(text, self.dec.pad_id)
       logits, ex = self.dec(inputs, memory, unimodal_only=memory is None, train=train)
-      ztxt = _l2_normalize(self.txt_proj(ex["cls"]).astype(jnp.float32))
+      ztxt = l2_normalize(self.txt_proj(ex["cls"]).astype(jnp.float32))
       if logits is not None:
         extras["logits"] = logits
     return zimg, ztxt, extras
+
+  def embed_image_joint(self, image):
+    """image (b, h, w, c) -> (b, embed_dim) float32 L2-normalised contrastive embedding."""
+    return self(image, None, train=False)[0]
+
+  def embed_text(self, text):
+    """text (b, L) int32 -> (b, embed_dim) float32 L2-normalised contrastive embedding."""
+    return self(None, text, train=False)[1]

@@ -1,9 +1,10 @@
-"""DINO (Caron et al. 2021): a student and an EMA teacher of the same architecture, each a
-ViT backbone with a projection head that ends in a weight-normalised layer.
+"""DINO (Caron et al. 2021): a ViT backbone with a projection head that ends in a
+weight-normalised layer.
 
-The teacher's params and the output centre live in the same param tree as the student's
-(`teacher/...`, `center`), so that they are sharded, checkpointed and restored like any
-param; the `dino` objective keeps the optimizer off them and updates them itself.
+The model is the student network alone (params `student/...`). The EMA teacher is the same
+network with other params, and those, with the output centre, are the `dino` objective's
+state (`TrainState.objective_state`: `teacher` has the student's tree, `center` (out_dim,)),
+never params: the optimizer and the weight-decay / freeze regexes never see them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from bigvl import sharding as sh
 from bigvl.models import layers
 from bigvl.models.vit import ViT
-from bigvl.registry import check_kwargs
+from bigvl.registry import MODELS, check_kwargs
 
 
 class DinoHead(nn.Module):
@@ -57,10 +58,12 @@ class DinoNet(nn.Module):
     return DinoHead(**self.head, dtype=self.dtype, name="head")(feats), feats
 
 
+@MODELS.register("dino")
 class Dino(nn.Module):
-  """image (b,h,w,c) -> (b, out_dim) head outputs of the student (or, `teacher=True`, of the
-  teacher). Crops of any size go through the same ViT (learned position embeddings are
-  resized; sincos2d ones are made for the crop's grid)."""
+  """image (b,h,w,c) -> (b, out_dim) head outputs of the network whose params are given
+  (the student's, or the teacher's from the objective state). Crops of any size go through
+  the same ViT (learned position embeddings are resized; sincos2d ones are made for the
+  crop's grid)."""
   backbone: dict | None = None       # ViT options; its pooled features feed the head.
   out_dim: int = 1024                # Prototypes.
   hidden_dim: int = 256
@@ -77,19 +80,13 @@ class Dino(nn.Module):
     head = dict(out_dim=self.out_dim, hidden_dim=self.hidden_dim,
                 bottleneck_dim=self.bottleneck_dim, num_layers=self.head_layers)
     self.student = DinoNet(opts, head, self.dtype)
-    self.teacher = DinoNet(opts, head, self.dtype)
-    self.center = self.param("center", nn.initializers.zeros, (self.out_dim,))
 
-  def __call__(self, image, *, train: bool = False, teacher: bool = False,
-               with_features: bool = False):
+  def __call__(self, image, *, train: bool = False, with_features: bool = False):
     """With `with_features`, (head outputs, pooled backbone features (b, width))."""
-    if self.is_initializing():  # Create both networks' params.
-      self.teacher(image)
-    net = self.teacher if teacher else self.student
-    out, feats = net(image, train=train)
+    out, feats = self.student(image, train=train)
     return (out, feats) if with_features else out
 
   def embed_image(self, image):
-    """(b, h, w, c) -> (b, width): the teacher backbone's pooled features (what DINO
-    evaluates)."""
-    return self.teacher(image, train=False)[1]
+    """(b, h, w, c) -> (b, width): the backbone's pooled features. Evaluators call it with
+    the teacher's params (the objective's `eval_params`): what DINO evaluates."""
+    return self.student(image, train=False)[1]

@@ -27,7 +27,7 @@ from bigvl import sharding as sh
 from bigvl.models import layers
 from bigvl.models.lm import CausalLM
 from bigvl.models.vit import ViT
-from bigvl.registry import check_kwargs
+from bigvl.registry import MODELS, check_kwargs
 
 MEDIA_MODES = ("last", "all_previous")
 
@@ -125,6 +125,7 @@ class GatedCrossAttentionDense(nn.Module):
     return x + gate("alpha_ff") * y
 
 
+@MODELS.register("flamingo")
 class Flamingo(nn.Module):
   """(images, tokens (b, l)) -> logits (b, l, vocab) float32; position i predicts token i + 1.
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from bigvl import sharding as sh
 from bigvl.models import layers, sizes
 from bigvl.models.decoder import DecoderBlock
+from bigvl.registry import MODELS
 
 
 class PositionEmbedding(nn.Module):
@@ -46,6 +47,7 @@ class PositionEmbedding(nn.Module):
     return x + pe[:, :l]
 
 
+@MODELS.register("lm")
 class CausalLM(nn.Module):
   """tokens (b, l) int -> logits (b, l, vocab) float32; position i predicts token i + 1.
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from bigvl import sharding as sh
 from bigvl.models import layers
 from bigvl.models.vit import ViT, patch_size as vit_patch_size
-from bigvl.registry import check_kwargs
+from bigvl.registry import MODELS, check_kwargs
 
 
 def patchify(images, p: int):
@@ -56,6 +56,7 @@ class _MaskedImageModel(nn.Module):
     return tokens.mean(axis=1)
 
 
+@MODELS.register("mae")
 class MAE(_MaskedImageModel):
   """Masked autoencoder: (image (b,h,w,c), keep (b,k) | None) -> pixel predictions (b, n, p*p*c).
 
@@ -103,6 +104,7 @@ class MAE(_MaskedImageModel):
     return self.pred(self.decoder(full, train=train))
 
 
+@MODELS.register("simmim")
 class SimMIM(_MaskedImageModel):
   """SimMIM: (image (b,h,w,c), mask (b,n) bool | None) -> pixel predictions (b, n, p*p*c).
 

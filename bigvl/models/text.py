@@ -9,8 +9,10 @@ import jax.numpy as jnp
 
 from bigvl import sharding as sh
 from bigvl.models import layers, sizes
+from bigvl.registry import MODELS
 
 
+@MODELS.register("text")
 class TextTransformer(nn.Module):
   """tokens (b, l) int -> (out, extras).
 

@@ -12,10 +12,12 @@ from bigvl import sharding as sh
 from bigvl.models import layers
 from bigvl.models.text import TextTransformer
 from bigvl.models.vit import ViT
-from bigvl.registry import check_kwargs
+from bigvl.registry import MODELS, check_kwargs
 
 
-def _l2_normalize(x, eps=1e-12):
+def l2_normalize(x, eps=1e-12):
+  """`x` (..., d) scaled to unit L2 norm along its last axis (same shape; `eps` bounds the norm
+  squared from below, so zero rows stay finite)."""
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
@@ -32,6 +34,7 @@ def logits(zimg: jnp.ndarray, ztxt: jnp.ndarray, extras: dict) -> jnp.ndarray:
   return out + extras["b"] if "b" in extras else out
 
 
+@MODELS.register("two_towers")
 class TwoTowers(nn.Module):
   """(image (b,h,w,c) | None, text (b,l) | None) -> (zimg, ztxt, extras).
 
@@ -74,7 +77,7 @@ class TwoTowers(nn.Module):
     extras.update({f"{prefix}/{k}": v for k, v in ex.items()})
     if proj is not None:
       feats = proj(feats)
-    return _l2_normalize(feats.astype(jnp.float32))
+    return l2_normalize(feats.astype(jnp.float32))
 
   def __call__(self, image=None, text=None, *, train: bool = False, image_keep=None):
     """`image_keep` (b, k): indices of the patches the image tower encodes (FLIP)."""
@@ -89,3 +92,18 @@ class TwoTowers(nn.Module):
       ztxt = self._embed(self.txt, self.txt_proj if self.embed_dim else None, text, "txt",
                          extras, train)
     return zimg, ztxt, extras
+
+  def embed_image(self, image):
+    """image (b, h, w, c) -> (b, d) float32: the L2-normalised image embedding (probe features)."""
+    return self.embed_image_joint(image)
+
+  def embed_image_joint(self, image):
+    """image (b, h, w, c) -> (b, d) float32 L2-normalised, in the space of `embed_text`."""
+    return self(image, None, train=False)[0]
+
+  def embed_text(self, text):
+    """text (b, L) int32 -> (b, d) float32 L2-normalised, in the space of `embed_image_joint`."""
+    if self.text is None:
+      raise ValueError("TwoTowers.embed_text: the model has no text tower (config.model.text "
+                       "is not set).")
+    return self(None, text, train=False)[1]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from bigvl import sharding as sh
 from bigvl.models import layers, sizes
+from bigvl.registry import MODELS
 
 
 def patch_size(vit_opts: dict) -> int:
@@ -41,6 +42,7 @@ def resize_posemb(pe, h: int, w: int):
   return jax.image.resize(grid, (h, w, pe.shape[-1]), "bilinear").reshape(1, h * w, -1)
 
 
+@MODELS.register("vit")
 class ViT(nn.Module):
   """images (b, h, w, c) -> (out, extras).
 
@@ -185,3 +187,10 @@ class ViT(nn.Module):
       extras["logits"] = out
       return out, extras
     return pooled, extras
+
+  def embed_image(self, image):
+    """image (b, h, w, c) -> (b, d): the pooled features (`pre_logits`, before any head; the
+    mean token with pool="none"), in inference mode. What frozen-feature probes read."""
+    _, extras = self(image, train=False)
+    feats = extras["pre_logits"]
+    return feats.mean(axis=1) if feats.ndim == 3 else feats

@@ -14,7 +14,8 @@ import optax
 
 from bigvl.decoding import token_mask
 from bigvl.kernels.contrastive_loss import sigmoid_loss, softmax_loss
-from bigvl.objectives import OBJECTIVES, check_label_smoothing
+from bigvl.objectives.checks import check_label_smoothing
+from bigvl.registry import OBJECTIVES
 
 EOS_ID = 2  # bigvl's tokenizers: pad 0, unk 1, eos 2.
 
@@ -47,7 +48,7 @@ class Captioning:
   def __post_init__(self):
     check_label_smoothing(self.label_smoothing)
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     logits = model.apply({"params": params}, batch["image"], batch["text"], train=train,
                          rngs={"dropout": rng})
     loss, acc = caption_loss(logits, batch["text"], label_smoothing=self.label_smoothing)
@@ -68,7 +69,7 @@ class CapPa:
       raise ValueError(f"config.objective.parallel_fraction={self.parallel_fraction} must be "
                        "in [0, 1].")
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     coin, dropout = jax.random.split(rng)
     parallel = jax.random.bernoulli(coin, self.parallel_fraction) if train else False
 
@@ -103,7 +104,7 @@ class CoCaObjective:
       raise ValueError(f"config.objective.contrastive={self.contrastive!r}; valid: softmax, "
                        "sigmoid.")
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     zimg, ztxt, extras = model.apply({"params": params}, batch["image"], batch["text"],
                                      train=train, rngs={"dropout": rng})
     if self.contrastive == "softmax":

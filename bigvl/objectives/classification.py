@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bigvl.objectives import OBJECTIVES, check_label_smoothing
+from bigvl.objectives.checks import check_label_smoothing
+from bigvl.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("classification")
@@ -23,7 +24,7 @@ class Classification:
   def init_inputs(self, batch):
     return (batch["image"],)
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     if "label" not in batch:
       raise ValueError("The classification objective needs a `label` in each batch: keep it "
                        "in config.data.train.pp (keep('image', 'label')).")

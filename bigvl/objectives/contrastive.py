@@ -16,8 +16,9 @@ from bigvl import sharding
 from bigvl.kernels.contrastive_loss import IMPLS as LOSS_IMPLS
 from bigvl.kernels.contrastive_loss import sigmoid_loss, softmax_loss
 from bigvl.models.vit import patch_grid
-from bigvl.objectives import OBJECTIVES, chunked
+from bigvl.objectives import chunked
 from bigvl.objectives.masking import num_kept, random_keep
+from bigvl.registry import OBJECTIVES
 
 __all__ = ["Clip", "Siglip", "sigmoid_loss", "softmax_loss"]
 
@@ -56,7 +57,7 @@ class Clip:
     _check_impl(self.loss_impl)
     _check_ratio(self.image_mask_ratio)
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     zimg, ztxt, extras = _embed(model, params, batch, rng, train, self.image_mask_ratio)
     loss = softmax_loss(zimg, ztxt, extras["t"], impl=self.loss_impl)
     return loss, {"t": extras["t"]}
@@ -76,7 +77,7 @@ class Siglip:
     _check_impl(self.loss_impl)
     _check_ratio(self.image_mask_ratio)
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     zimg, ztxt, extras = _embed(model, params, batch, rng, train, self.image_mask_ratio)
     if "b" not in extras:
       raise ValueError("The siglip objective needs a model with a learned bias: "

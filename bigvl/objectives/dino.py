@@ -3,9 +3,11 @@
 
 The loss is the cross-entropy between the teacher's sharpened, centred distribution on each
 global crop and the student's on every other crop. The teacher gets no gradient: its params
-and the centre are frozen to the optimizer (`frozen_params`) and moved by `after_update`:
+and the centre are the objective's state (`init_state`: teacher = a copy of the student,
+centre = 0), outside the params the optimizer trains, and are moved by `update_state`:
 teacher <- m * teacher + (1 - m) * student, with m following a cosine from
 `teacher_momentum` to 1 over the run; centre <- c * centre + (1 - c) * mean teacher output.
+Evaluators see the teacher (`eval_params`), as in the paper.
 
 Options beyond the paper's (both from DINOv2, both off by default):
 
@@ -22,13 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigvl.objectives import OBJECTIVES
+from bigvl.objectives.protocol import Aux
+from bigvl.registry import OBJECTIVES
 
 
 def teacher_momentum(step, base: float, total_steps: int):
@@ -82,8 +83,6 @@ class Dino:
   sinkhorn_iters: int = 3
   koleo_weight: float = 0.0
 
-  frozen_params: ClassVar[str] = r"teacher/.*|center"
-
   def __post_init__(self):
     for name in ("teacher_momentum", "center_momentum"):
       if not 0.0 <= getattr(self, name) <= 1.0:
@@ -99,11 +98,19 @@ class Dino:
   def init_inputs(self, batch):
     return (batch["crops_global"][:, 0],)
 
-  def prepare_params(self, params):
-    """The teacher starts as a copy of the student."""
-    return {**params, "teacher": jax.tree.map(lambda x: x, params["student"])}
+  def init_state(self, params):
+    """{"teacher": a copy of the student's params (same tree, same logical axes),
+    "center": zeros (out_dim,)}."""
+    out_dim = nn.unbox(params["student"]["head"]["last_layer"]).shape[-1]
+    return {"teacher": jax.tree.map(jnp.copy, params),
+            "center": jnp.zeros((out_dim,), jnp.float32)}
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def eval_params(self, params, objective_state):
+    """Evaluators probe the teacher."""
+    del params
+    return objective_state["teacher"]
+
+  def loss(self, model, params, batch, rng, *, train: bool = True, objective_state):
     if "crops_global" not in batch:
       raise ValueError("The dino objective needs batches with `crops_global` (and optionally "
                        "`crops_local`): put multi_crop(...) in config.data.train.pp.")
@@ -119,11 +126,12 @@ class Dino:
     student = jax.nn.log_softmax(student / self.student_temp, axis=-1)
     student = student.reshape((-1, b) + student.shape[1:])          # (crops, b, K)
 
-    teacher = jax.lax.stop_gradient(apply(glob, teacher=True).astype(jnp.float32))
+    teacher = jax.lax.stop_gradient(model.apply(
+        {"params": objective_state["teacher"]}, glob).astype(jnp.float32))
     if self.centering == "sinkhorn":
       t_probs = sinkhorn_knopp(teacher / self.teacher_temp, self.sinkhorn_iters)
     else:
-      center = jax.lax.stop_gradient(nn.unbox(params["center"]))
+      center = jax.lax.stop_gradient(objective_state["center"])
       t_probs = jax.nn.softmax((teacher - center) / self.teacher_temp, axis=-1)
     t_probs = t_probs.reshape((n_global, b) + t_probs.shape[1:])
 
@@ -141,12 +149,12 @@ class Dino:
       loss = loss + self.koleo_weight * koleo
       metrics["koleo"] = koleo
     entropy = -jnp.mean(jnp.sum(t_probs * jnp.log(t_probs + 1e-12), axis=-1))
-    return loss, {"teacher_entropy": entropy, **metrics,
-                  "_update": {"center": jnp.mean(teacher, axis=0)}}
+    return loss, Aux(metrics={"teacher_entropy": entropy, **metrics},
+                     update_inputs={"center": jnp.mean(teacher, axis=0)})
 
-  def after_update(self, old_params, new_params, inputs, step):
+  def update_state(self, objective_state, old_params, new_params, update_inputs, step):
+    del old_params
     m = teacher_momentum(step, self.teacher_momentum, self.total_steps)
     c = self.center_momentum
-    return {**new_params,
-            "teacher": _ema(old_params["teacher"], new_params["student"], m),
-            "center": _ema(old_params["center"], inputs["center"], c)}
+    return {"teacher": _ema(objective_state["teacher"], new_params, m),
+            "center": _ema(objective_state["center"], update_inputs["center"], c)}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bigvl.objectives import OBJECTIVES, check_label_smoothing
+from bigvl.objectives.checks import check_label_smoothing
+from bigvl.registry import OBJECTIVES
 from bigvl.objectives.language import next_token_loss
 
 
@@ -28,7 +29,7 @@ class FlamingoObjective:
   def frozen_params(self) -> str:
     return self.freeze
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     if "images" not in batch or "text" not in batch:
       raise ValueError(f"The flamingo objective needs batch keys 'images' and 'text'; got "
                        f"{sorted(batch)}. End the pp with keep('images', 'text').")

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from bigvl.decoding import token_mask
-from bigvl.objectives import OBJECTIVES, check_label_smoothing
+from bigvl.objectives.checks import check_label_smoothing
+from bigvl.registry import OBJECTIVES
 
 EOS_ID = 2  # bigvl's tokenizers: pad 0, unk 1, eos 2.
 PAD_ID = 0
@@ -78,7 +79,7 @@ class LanguageModeling:
     # Configs give lists; a tuple keeps the objective hashable.
     object.__setattr__(self, "ignore_tokens", tuple(int(i) for i in self.ignore_tokens))
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     if "text" not in batch:
       raise ValueError(f"The lm objective needs batch key 'text' (b, l) ids; got {sorted(batch)}.")
     text = batch["text"]

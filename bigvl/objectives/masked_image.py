@@ -10,8 +10,8 @@ import jax.numpy as jnp
 
 from bigvl.models.masked_image import patchify
 from bigvl.models.vit import patch_grid
-from bigvl.objectives import OBJECTIVES
 from bigvl.objectives.masking import num_kept, random_keep
+from bigvl.registry import OBJECTIVES
 
 
 def normalize_patches(target, eps: float = 1e-6):
@@ -47,7 +47,7 @@ class MAE:
     t = patchify(image.astype(jnp.float32), model.patch_size())
     return normalize_patches(t) if self.norm_pix_loss else t
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     image = batch["image"]
     mask_rng, dropout = jax.random.split(rng)
     keep, mask = random_keep(mask_rng, image.shape[0], _grid_size(model, image),
@@ -68,7 +68,7 @@ class SimMIM:
   def __post_init__(self):
     num_kept(1_000_000, self.mask_ratio)
 
-  def __call__(self, model, params, batch, rng, train: bool = True):
+  def loss(self, model, params, batch, rng, *, train: bool = True):
     image = batch["image"]
     mask_rng, dropout = jax.random.split(rng)
     _, mask = random_keep(mask_rng, image.shape[0], _grid_size(model, image), self.mask_ratio)

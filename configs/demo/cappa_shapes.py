@@ -32,7 +32,7 @@ def get_config(arg=None):
 
   c.data = dict(
       # No flip: a mirrored picture would contradict "left of" / "right of".
-      train=dict(source="shapes", split="train",
+      train=dict(name="shapes", split="train",
                  pp="value_range(-1, 1)|choose_text|tokenize|keep('image', 'text')"),
       vocab_size=64,                       # BPE on the captions: the longest is 11 tokens.
       text_len=16,
@@ -46,10 +46,10 @@ def get_config(arg=None):
   c.objective = dict(name="cappa", parallel_fraction=arg.parallel)
   c.optimizer = dict(lr=1e-3, warmup_steps=200, weight_decay=1e-4, schedule="cosine")
   c.evals = dict(
-      captions=dict(type="captioning", source="shapes", split="test",
-                    pp="value_range(-1, 1)", decode="greedy"),
+      captions=dict(name="captioning", data=dict(name="shapes", split="test",
+                                                 pp="value_range(-1, 1)"), decode="greedy"),
       # Zero-shot colour of single shapes, each class scored by the likelihood of its prompts.
-      scoring_colors=dict(type="scoring_zeroshot", source="shapes", split="test", task="color",
-                          pp="value_range(-1, 1)"),
+      scoring_colors=dict(name="scoring_zeroshot", data=dict(
+          name="shapes", split="test", task="color", pp="value_range(-1, 1)")),
   )
   return c

@@ -2,7 +2,8 @@
 
     python -m bigvl.train --config configs/demo/clip_digits.py --workdir workdirs/clip_digits
 
-Reaches zero-shot top-1 >= 0.85 on held-out digits (`eval/zeroshot_digits/top1`).
+The SigLIP demo's data, towers, schedule and zero-shot eval (`eval/zeroshot_digits/top1`;
+README.md has what it reaches) with CLIP's loss, logit scale and text tower.
 """
 
 import siglip_digits  # The config's own directory is importable.

@@ -28,7 +28,7 @@ def get_config(arg=None):
   c.objective = dict(name="coca", contrastive_weight=1.0, caption_weight=2.0)
   c.evals = dict(
       captions=c.evals.captions,
-      zeroshot_colors=dict(type="zeroshot", source="shapes", split="test", task="color",
-                           pp="value_range(-1, 1)"),
+      zeroshot_colors=dict(name="zeroshot", data=dict(
+          name="shapes", split="test", task="color", pp="value_range(-1, 1)")),
   )
   return c

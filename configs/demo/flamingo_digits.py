@@ -1,7 +1,7 @@
 """Flamingo on the built-in digits: a frozen image tower and a frozen LM, bridged by a
 Perceiver resampler and gated cross-attention, then prompted with in-context examples.
 
-Three runs (about 10 minutes in all on 2 CPU cores):
+Three runs (their wall times and results: docs/flamingo.md):
 
     # 0. The image tower: the SigLIP demo (or any two-tower run with the same tiny ViT).
     python -m bigvl.train --config configs/demo/siglip_digits.py --workdir workdirs/siglip_digits
@@ -40,9 +40,9 @@ def get_config(arg=None):
   c.eval_every = 0 if arg.stage == "lm" else 500
   c.checkpoint_every = 500
 
-  inner = dict(source="digits", split="train")
+  inner = dict(name="digits", split="train")
   # Many more records than digits // k: each record is its own random draw of k digits.
-  train = dict(source="interleaved", inner=inner, k=arg.k, size=50_000)
+  train = dict(name="interleaved", inner=inner, k=arg.k, size=50_000)
   c.data = dict(
       vocab_size=128,                      # Class names stay single pieces.
       special_tokens=("<image>", "<|endofchunk|>"),
@@ -78,8 +78,8 @@ def get_config(arg=None):
   c.init_also = (dict(init_from=arg.vision, init_subtree="img", init_into="vision"),)
   c.objective = dict(name="flamingo")      # Freezes vision/ and lm/ by default.
   c.evals = dict(
-      in_context=dict(type="in_context", source="digits", split="test", support_split="train",
-                      pp=IMAGE_PP, shots=(0, 4), prompt="a photo of the digit {}.",
+      in_context=dict(name="in_context", data=dict(name="digits", split="test", pp=IMAGE_PP),
+                      support_split="train", shots=(0, 4), prompt="a photo of the digit {}.",
                       text_len=48),
   )
   return c

@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.checkpoint_every = 500
 
   c.data = dict(
-      train=dict(source="digits", split="train",
+      train=dict(name="digits", split="train",
                  pp="resize(16)|random_crop(16, pad=2)|value_range(-1, 1)|keep('image')"),
   )
   c.model = dict(
@@ -39,9 +39,11 @@ def get_config(arg=None):
   c.optimizer = dict(lr=1.5e-3, warmup_steps=200, weight_decay=0.05, b2=0.95,
                      schedule="cosine")
   c.evals = dict(
-      probe=dict(type="fewshot", source="digits", pp=PP_EVAL, shots=(10,), full=True),
-      knn=dict(type="knn", source="digits", pp=PP_EVAL, k=10),
+      probe=dict(name="fewshot", data=dict(name="digits", split="test", pp=PP_EVAL),
+                 shots=(10,), full=True),
+      knn=dict(name="knn", data=dict(name="digits", split="test", pp=PP_EVAL), k=10),
       # Held-out masked-patch loss, and reconstructions in TensorBoard (IMAGES tab).
-      recon=dict(type="reconstruction", source="digits", pp=PP_EVAL, num_images=8),
+      recon=dict(name="reconstruction", data=dict(name="digits", split="test", pp=PP_EVAL),
+                 num_images=8),
   )
   return c
