@@ -12,30 +12,36 @@ DEMO_CLIP = os.path.join(REPO, "configs", "demo", "clip_digits.py")
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Every test declares its kind (pyproject.toml registers the markers): `unit` (in-process,
+# pure functions and small modules, seconds) or `integration` (subprocess or training runs,
+# several processes or devices, anything over ~10 s; every slow and demo test). A module
+# of one kind says so once, `pytestmark = pytest.mark.unit`; in a module of both kinds each
+# test carries its own mark (`-m` sees a module's marks on every test, so a test cannot
+# override them).
 KINDS = ("unit", "integration")
 
 
-def kind_of(item):
-  """A collected test's kind: the nearest `unit` / `integration` mark (a test's own mark
-  over its class's over its module's `pytestmark`). Raises ValueError naming what is wrong."""
-  for node in reversed(item.listchain()):
-    kinds = {m.name for m in node.own_markers if m.name in KINDS}
-    if len(kinds) > 1:
-      raise ValueError(f"{item.nodeid}: marked both unit and integration on {node.name!r}")
-    if kinds:
-      kind = kinds.pop()
-      if kind == "unit" and any(item.iter_markers(name="slow")) or (
-          kind == "unit" and any(item.iter_markers(name="demo"))):
-        raise ValueError(f"{item.nodeid}: slow and demo tests are integration tests; mark it "
-                         "@pytest.mark.integration")
-      return kind
-  raise ValueError(f"{item.nodeid}: no kind; mark the module `pytestmark = pytest.mark.unit` "
-                   "(in-process, seconds) or `pytest.mark.integration` (subprocess, training, "
-                   "several processes, over ~10 s), or the test itself where a module has both")
+def kind_of(item) -> str:
+  """A collected test's kind, "unit" or "integration"; ValueError naming the test if it has
+  none, both, or is a slow/demo test marked unit."""
+  kinds = {m.name for m in item.iter_markers() if m.name in KINDS}
+  if not kinds:
+    raise ValueError(f"{item.nodeid}: no kind; mark the module `pytestmark = pytest.mark.unit` "
+                     "(in-process, seconds) or `pytest.mark.integration` (subprocess, training, "
+                     "several processes, over ~10 s), or each test where a module has both")
+  if len(kinds) > 1:
+    raise ValueError(f"{item.nodeid}: marked both unit and integration (a module-level "
+                     "`pytestmark` applies to every test in it)")
+  kind = kinds.pop()
+  if kind == "unit" and any(item.iter_markers(name="slow")) or (
+      kind == "unit" and any(item.iter_markers(name="demo"))):
+    raise ValueError(f"{item.nodeid}: slow and demo tests are integration tests; mark it "
+                     "integration, not unit")
+  return kind
 
 
 @pytest.hookimpl(tryfirst=True)  # Before `-m` deselects: every collected test must have a kind.
-def DISABLED_pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(config, items):
   errors = []
   for item in items:
     try:
@@ -43,7 +49,7 @@ def DISABLED_pytest_collection_modifyitems(config, items):
     except ValueError as e:
       errors.append(str(e))
   if errors:
-    raise pytest.UsageError("every test is unit or integration (see pyproject.toml):\n  "
+    raise pytest.UsageError("tests without a valid kind (see tests/conftest.py):\n  "
                             + "\n  ".join(errors))
 
 

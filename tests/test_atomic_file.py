@@ -17,6 +17,7 @@ def _save_many(args):
   return True
 
 
+@pytest.mark.integration
 def test_processes_saving_the_same_tokenizer_at_once_all_succeed(tmp_path):
   # What every process of a multi-host run does on its first start with an empty
   # workdir. A shared temporary name fails here within a few hundred writes.
@@ -28,6 +29,7 @@ def test_processes_saving_the_same_tokenizer_at_once_all_succeed(tmp_path):
   assert os.listdir(tmp_path) == ["tokenizer.model"]
 
 
+@pytest.mark.unit
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
   path = str(tmp_path / "f.json")
   atomic_file.write(path, "old")

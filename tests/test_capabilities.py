@@ -11,6 +11,8 @@ from bigvl.models.capabilities import (ImageCaptioner, ImageEmbedder, ImageTextE
                                        InterleavedLM, TextEmbedder, methods)
 from bigvl.registry import MODELS
 
+pytestmark = pytest.mark.unit
+
 TOWER = dict(width=32, depth=1, mlp_dim=64, num_heads=4)
 PROTOCOLS = (ImageEmbedder, TextEmbedder, ImageTextEmbedder, ImageCaptioner, InterleavedLM)
 

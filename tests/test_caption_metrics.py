@@ -19,6 +19,8 @@ import pytest
 
 from bigvl.evaluators.caption_metrics import bleu, cider_d, cider_d_per_example, tokenize
 
+pytestmark = pytest.mark.unit
+
 TOL = 1e-14
 
 # Hand-written candidate / references groups covering the cases the scorers branch on.

@@ -13,6 +13,8 @@ from bigvl import checkpoint, config_lib, decoding, metrics, models
 from bigvl.data import shapes, tokenizer as tok_lib, transforms
 from conftest import REPO, run_bigvl
 
+pytestmark = pytest.mark.integration
+
 CAPPA = os.path.join(REPO, "configs", "demo", "cappa_shapes.py")
 COCA = os.path.join(REPO, "configs", "demo", "coca_shapes.py")
 

@@ -24,6 +24,7 @@ def ctx_params():
   return ctx, params
 
 
+@pytest.mark.integration
 def test_captioning_eval_scores_the_greedy_captions(ctx_params):
   ctx, params = ctx_params
   ev = captioning.CaptioningEval(ctx, data=dict(name="shapes", split="test", n=40,
@@ -45,6 +46,7 @@ def test_captioning_eval_scores_the_greedy_captions(ctx_params):
   assert 0.0 <= metrics["exact_match"] <= 1.0
 
 
+@pytest.mark.unit
 def test_scoring_zeroshot_picks_the_most_likely_prompt(ctx_params):
   ctx, params = ctx_params
   ev = captioning.ScoringZeroShot(ctx, data=dict(name="shapes", split="test", task="color",
@@ -61,6 +63,7 @@ def test_scoring_zeroshot_picks_the_most_likely_prompt(ctx_params):
   assert ev.run(params)["top1"] == pytest.approx(np.mean(scores.argmax(1) == labels))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_perplexity_is_exp_of_the_captioning_loss_over_all_tokens(ctx_params):
   from bigvl.objectives.captioning import caption_loss
@@ -79,6 +82,7 @@ def test_perplexity_is_exp_of_the_captioning_loss_over_all_tokens(ctx_params):
   np.testing.assert_allclose(out["perplexity"], np.exp(float(loss)), rtol=1e-5)
 
 
+@pytest.mark.unit
 def test_captioning_evals_refuse_a_two_tower_model(ctx_params):
   ctx, _ = ctx_params
   other = EvalContext(model=models.build(dict(name="vit", patch_size=8, **TOWER)),
@@ -87,6 +91,7 @@ def test_captioning_evals_refuse_a_two_tower_model(ctx_params):
     captioning.CaptioningEval(other, data=dict(name="shapes", split="test"))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_captioning_eval_images_show_each_image_over_its_caption(ctx_params):
   ctx, params = ctx_params

@@ -72,6 +72,7 @@ def _assert_errors(errors: dict, what: str, tol=TOL):
 MESHES = ["data=8/data", "data=2xfsdp=4/data,fsdp"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # Its 8-device subprocess fixture takes ~50 s.
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
 @pytest.mark.parametrize("mesh", MESHES)
@@ -83,11 +84,13 @@ def test_chunked_equals_dense_value_and_gradients(eight_devices, mesh, impl):
   _assert_errors(values["dense_vs_exact"], "dense vs float64 exact")
 
 
+@pytest.mark.integration
 def test_ring_of_two_with_batch_on_one_of_two_axes(eight_devices):
   # D = 2: the shortest ring (no loop iterations); fsdp=4 replicates the computation.
   _assert_errors(eight_devices["values"]["chunked[xla] data=2xfsdp=4/data"], "ring of 2")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mesh", MESHES)
 def test_gradients_stay_sharded(eight_devices, mesh):
   spec = "P('data', None)" if mesh == "data=8/data" else "P(('data', 'fsdp'), None)"
@@ -95,11 +98,13 @@ def test_gradients_stay_sharded(eight_devices, mesh):
     assert eight_devices["values"][f"chunked[{impl}] {mesh} sharding"] == [spec, spec]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mesh", MESHES + ["data=2xfsdp=4/data"])
 def test_allgather_baseline_equals_dense(eight_devices, mesh):
   _assert_errors(eight_devices["values"][f"allgather {mesh}"], f"all-gather on {mesh}")
 
 
+@pytest.mark.integration
 def test_bfloat16_embeddings(eight_devices):
   bf16 = eight_devices["values"]["bf16"]
   assert bf16.pop("dtypes") == ["bfloat16", "bfloat16", "float32", "float32"]
@@ -111,6 +116,7 @@ def test_bfloat16_embeddings(eight_devices):
 # 2. Memory: compiled temp bytes of loss-and-gradients at batch 16384, d 64, 8 devices.
 
 
+@pytest.mark.integration
 def test_chunked_needs_a_quarter_of_the_dense_memory(eight_devices):
   mem = eight_devices["memory"]
   ring, ring_pallas = mem["chunked[xla]"]["temp_bytes"], mem["chunked[pallas]"]["temp_bytes"]
@@ -136,6 +142,7 @@ def test_chunked_needs_a_quarter_of_the_dense_memory(eight_devices):
 # 3. Training: the SigLIP objective with chunked=True.
 
 
+@pytest.mark.integration
 def test_train_step_chunked_equals_dense(eight_devices):
   steps = eight_devices["train_step"]
   dense, ring = steps["chunked=False"], steps["chunked=True"]
@@ -145,6 +152,7 @@ def test_train_step_chunked_equals_dense(eight_devices):
   np.testing.assert_allclose(ring["losses"], dense["losses"], rtol=1e-5, atol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_train_step_chunked_equals_dense_fsdp():
   # Params split over fsdp too; the batch over ("data", "fsdp").
@@ -168,6 +176,7 @@ def _cli_losses(workdir, chunked: bool) -> list[float]:
   return [r["train/loss"] for r in rows]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_demo_training_chunked_equals_dense(tmp_path):
   """The whole loop (`python -m bigvl.train`) on 8 devices, twice (~1.5 min)."""
@@ -181,6 +190,7 @@ def test_demo_training_chunked_equals_dense(tmp_path):
 # current_batch_axes, and one device (this process).
 
 
+@pytest.mark.integration
 def test_current_batch_axes_on_eight_devices(eight_devices):
   got = eight_devices["batch_axes"]
   want = {"{'data': 8} dp": ["data"],
@@ -193,6 +203,7 @@ def test_current_batch_axes_on_eight_devices(eight_devices):
   assert got == {k: [v, v] for k, v in want.items()}
 
 
+@pytest.mark.unit
 def test_current_batch_axes_on_one_device():
   assert sh.current_batch_axes() == ()                          # No mesh, no rules.
   mesh = sh.make_mesh({"data": 1}, jax.devices()[:1])
@@ -208,6 +219,7 @@ def _embeddings(n, d, seed=0):
           jnp.asarray(unit(rng.standard_normal((n, d)) + 2 * zimg), jnp.float32))
 
 
+@pytest.mark.unit
 def test_one_device_ring_is_the_dense_loss():
   zimg, ztxt = _embeddings(16, 8)
   mesh = sh.make_mesh({"data": 1}, jax.devices()[:1])
@@ -226,21 +238,23 @@ class _TwoTowers:
     return image, text, {"t": jnp.float32(10.0), "b": jnp.float32(-4.0)}
 
 
+@pytest.mark.unit
 def test_siglip_chunked_falls_back_to_dense_on_one_device():
   zimg, ztxt = _embeddings(16, 8)
   batch = {"image": zimg, "text": ztxt}
   dense = objectives.build({"name": "siglip"})
   ring = objectives.build({"name": "siglip", "chunked": True})
   assert (dense.chunked, ring.chunked) == (False, True)
-  want, _ = dense(_TwoTowers(), {}, batch, None)
-  got, _ = ring(_TwoTowers(), {}, batch, None)                   # No mesh at all.
+  want, _ = dense.loss(_TwoTowers(), {}, batch, None)
+  got, _ = ring.loss(_TwoTowers(), {}, batch, None)                   # No mesh at all.
   assert float(got) == float(want)
   mesh = sh.make_mesh({"data": 1}, jax.devices()[:1])
   with jax.set_mesh(mesh), nn.logical_axis_rules(sh.get_rules("dp")):
-    got, _ = jax.jit(lambda b: ring(_TwoTowers(), {}, b, None))(batch)
+    got, _ = jax.jit(lambda b: ring.loss(_TwoTowers(), {}, b, None))(batch)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
 
 
+@pytest.mark.unit
 def test_errors_name_the_problem():
   zimg, ztxt = _embeddings(6, 4)
   mesh = sh.make_mesh({"data": 1}, jax.devices()[:1])

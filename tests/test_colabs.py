@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.integration
+
 COLABS = os.path.join(REPO, "colabs")
 
 

@@ -8,6 +8,7 @@ from bigvl import config_lib
 from conftest import DEMO_CLIP, DEMO_SIGLIP, run_bigvl
 
 
+@pytest.mark.unit
 def test_demo_configs_load_with_defaults():
   c = config_lib.load_config_file(DEMO_SIGLIP)
   assert c.objective.name == "siglip" and c.total_steps > 0
@@ -16,6 +17,7 @@ def test_demo_configs_load_with_defaults():
   assert clip.objective.name == "clip" and clip.total_steps == 10 and clip.model.bias_init is None
 
 
+@pytest.mark.unit
 def test_override_types_and_nested_keys():
   c = config_lib.load_config_file(DEMO_SIGLIP)
   c = config_lib.apply_overrides(c, [("total_steps", "7"), ("optimizer.lr", "1"),
@@ -24,6 +26,7 @@ def test_override_types_and_nested_keys():
   assert c.model.image.pool == "gap" and c.objective.name == "clip"
 
 
+@pytest.mark.unit
 def test_unknown_override_names_key_and_closest():
   c = config_lib.load_config_file(DEMO_SIGLIP)
   with pytest.raises(config_lib.ConfigError, match="'some_unknown_key'"):
@@ -34,6 +37,7 @@ def test_unknown_override_names_key_and_closest():
     config_lib.apply_overrides(c, [("total_steps", "many")])
 
 
+@pytest.mark.unit
 def test_unknown_key_in_config_file_is_an_error(tmp_path):
   path = tmp_path / "bad.py"
   path.write_text("import ml_collections\n"
@@ -43,11 +47,13 @@ def test_unknown_key_in_config_file_is_an_error(tmp_path):
     config_lib.load_config_file(str(path))
 
 
+@pytest.mark.unit
 def test_missing_config_file_names_path():
   with pytest.raises(config_lib.ConfigError, match="not found: 'configs/nope.py'"):
     config_lib.load_config_file("configs/nope.py:B/16")
 
 
+@pytest.mark.unit
 def test_parse_arg():
   a = config_lib.parse_arg("B/16,batch=32", variant="S/16", batch=8)
   assert a.variant == "B/16" and a.batch == 32
@@ -55,6 +61,7 @@ def test_parse_arg():
     config_lib.parse_arg("batchh=3", batch=8)
 
 
+@pytest.mark.integration
 def test_cli_rejects_unknown_key_before_training(tmp_path):
   workdir = tmp_path / "wd"
   proc = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
@@ -64,6 +71,7 @@ def test_cli_rejects_unknown_key_before_training(tmp_path):
   assert not (workdir / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration
 def test_cli_missing_config_file(tmp_path):
   proc = run_bigvl(["--config", "configs/does_not_exist.py", "--workdir", str(tmp_path)],
                    timeout=120)

@@ -7,6 +7,8 @@ import pytest
 
 from bigvl.objectives.contrastive import sigmoid_loss, softmax_loss
 
+pytestmark = pytest.mark.unit
+
 
 def np_softmax_loss(zimg, ztxt, t):
   logits = t * zimg @ ztxt.T

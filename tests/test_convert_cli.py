@@ -13,6 +13,8 @@ testing.import_torch_references()
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
 

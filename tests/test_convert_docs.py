@@ -4,6 +4,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from bigvl.convert import testing
 
@@ -14,6 +15,8 @@ import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bigvl import convert  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "convert.md")
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)

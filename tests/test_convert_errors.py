@@ -14,6 +14,8 @@ import transformers  # noqa: E402
 from bigvl import convert  # noqa: E402
 from bigvl.convert import bigvl_io, hf_clip  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
 

@@ -21,6 +21,8 @@ import transformers  # noqa: E402
 from bigvl import convert  # noqa: E402
 from bigvl.convert import bigvl_io, common  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 TOL = 1e-5
 CLIP_CFG = dict(
     name="two_towers",

@@ -23,6 +23,7 @@ def siglip_run(tmp_path_factory):
   return work
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_from_workdir_loads_back_to_the_trained_model(siglip_run, tmp_path):
   out = str(tmp_path / "converted")
@@ -56,6 +57,7 @@ def test_from_workdir_loads_back_to_the_trained_model(siglip_run, tmp_path):
   np.testing.assert_array_equal(ztxt, ref_txt)
 
 
+@pytest.mark.unit
 def test_from_workdir_refuses_what_it_cannot_hold(tmp_path):
   with pytest.raises(FileNotFoundError, match="not a bigvl training workdir"):
     from_workdir(str(tmp_path), str(tmp_path / "out"))

@@ -5,6 +5,8 @@ import pytest
 
 from bigvl.data import digits, loader, sources, tokenizer as tok_lib, transforms
 
+pytestmark = pytest.mark.unit
+
 PP = "resize(16)|random_crop(16, pad=2)|value_range(-1, 1)|choose_text|tokenize|keep('image', 'text')"
 
 

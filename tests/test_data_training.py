@@ -16,6 +16,7 @@ PP = ("decode|inception_crop(32)|flip_lr|value_range(-1, 1)|choose_text|tokenize
       "keep('image', 'text')")
 
 
+@pytest.mark.unit
 def test_folder_to_shards_to_batches_match_the_original_files(tmp_path):
   """Acceptance 1: JPEG/PNG files with captions -> make_dataset -> training batches equal
   the original files put through the same transforms with the same randomness."""
@@ -60,6 +61,7 @@ def _rows(workdir):
   return [r for r in metrics.read_jsonl(str(workdir / "metrics.jsonl")) if "train/loss" in r]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_webdataset_shards_convert_and_train(tmp_path, demo_config):
   """Acceptance 2: img2dataset-style tars -> make_dataset -> a SigLIP run that learns."""
@@ -79,6 +81,7 @@ def test_webdataset_shards_convert_and_train(tmp_path, demo_config):
   assert last < 0.5 * first, (first, last)  # 14 image-caption pairs: it learns them.
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # 44 s: a training run over 100 files.
 def test_three_corrupt_files_of_100_train_and_are_reported(tmp_path, demo_config, capfd):
   """Acceptance 5: a folder source with 3 unreadable images of 100 trains one epoch;

@@ -35,6 +35,7 @@ def _params(model, image, text):
   return model.init(jax.random.PRNGKey(1), image, text)["params"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("make", [_captioner, _coca], ids=["captioner", "coca"])
 def test_kv_cache_logits_equal_full_forward_at_every_position(make):
   """Acceptance 1: cached step-by-step logits == the full forward pass, 1e-5, float32."""
@@ -51,6 +52,7 @@ def test_kv_cache_logits_equal_full_forward_at_every_position(make):
     prev = text[:, t]
 
 
+@pytest.mark.integration
 def test_greedy_logprob_is_the_teacher_forced_logprob_and_beam1_is_greedy():
   model = _captioner()
   image, text = _inputs(4)
@@ -70,6 +72,7 @@ def test_greedy_logprob_is_the_teacher_forced_logprob_and_beam1_is_greedy():
   assert (lp4 >= lp - 1e-5).all()
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # 41 s of sampling compiles.
 def test_sampling_honours_eos_temperature_and_top_k():
   model = _captioner()
@@ -91,6 +94,7 @@ def test_sampling_honours_eos_temperature_and_top_k():
   np.testing.assert_array_equal(k1, greedy)  # top_k=1 sampling is greedy.
 
 
+@pytest.mark.unit
 def test_caption_loss_masks_padding_after_eos():
   from bigvl.objectives.captioning import caption_loss
   logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7)), jnp.float32)
@@ -103,6 +107,7 @@ def test_caption_loss_masks_padding_after_eos():
   np.testing.assert_allclose(caption_loss(changed, targets)[0], loss, rtol=1e-6)
 
 
+@pytest.mark.unit
 def test_parallel_prediction_ignores_inputs_and_is_not_causal():
   model = _captioner()
   image, text = _inputs()
@@ -115,6 +120,7 @@ def test_parallel_prediction_ignores_inputs_and_is_not_causal():
   np.testing.assert_allclose(causal[:, :6], changed[:, :6], atol=1e-6)  # Causal: no peeking.
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # ~50 s of compiling three models' gradients; the demos train all three.
 def test_generative_objectives_give_finite_losses_and_gradients():
   image, text = _inputs()

@@ -48,6 +48,7 @@ def _loss(objective, model, params, objective_state, batch, rng=jax.random.PRNGK
                         objective_state=objective_state)
 
 
+@pytest.mark.integration
 def test_teacher_starts_as_the_student_lives_outside_params_and_gets_no_gradient():
   model, objective, batch = _setup()
   tx, _ = _optimizer(objective)
@@ -77,6 +78,7 @@ def test_teacher_starts_as_the_student_lives_outside_params_and_gets_no_gradient
   assert objective.eval_params(params, ostate) is ostate["teacher"]
 
 
+@pytest.mark.integration
 def test_teacher_ema_and_centre_match_numpy():
   model, objective, batch = _setup(total_steps=100, teacher_momentum=0.9,
                                    center_momentum=0.8)
@@ -105,12 +107,14 @@ def test_teacher_ema_and_centre_match_numpy():
   assert not np.allclose(kernel(new["teacher"]), kernel(old["teacher"]))
 
 
+@pytest.mark.unit
 def test_momentum_schedule_is_a_cosine_to_one():
   np.testing.assert_allclose(teacher_momentum(0, 0.996, 1000), 0.996, rtol=1e-7)
   np.testing.assert_allclose(teacher_momentum(500, 0.996, 1000), 0.998, rtol=1e-7)
   np.testing.assert_allclose(teacher_momentum(1000, 0.996, 1000), 1.0, rtol=1e-7)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_loss_is_the_cross_entropy_over_crop_pairs():
   model, objective, batch = _setup(student_temp=0.1, teacher_temp=0.04)
@@ -135,6 +139,7 @@ def test_loss_is_the_cross_entropy_over_crop_pairs():
   np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-5)
 
 
+@pytest.mark.unit
 def test_multi_crop_shapes_and_determinism():
   op = transforms.build("multi_crop(16, 8, num_global=2, num_local=3, channels=1)|"
                         "value_range(-1, 1, key='crops_global')")
@@ -148,12 +153,14 @@ def test_multi_crop_shapes_and_determinism():
   assert not np.array_equal(a["crops_local"][0], a["crops_local"][1])  # Independent crops.
 
 
+@pytest.mark.unit
 def test_dino_objective_explains_a_batch_without_crops():
   model, objective, batch = _setup()
   with pytest.raises(ValueError, match="multi_crop"):
     _loss(objective, model, {}, {}, {"image": batch["crops_global"][:, 0]})
 
 
+@pytest.mark.unit
 def test_frozen_pattern_keeps_params_fixed():
   params = {"img": {"kernel": jnp.ones((2, 2))}, "txt": {"kernel": jnp.ones((2, 2))}}
   cfg = ml_collections.ConfigDict(dict(
@@ -179,6 +186,7 @@ def _np_sinkhorn(scores, iters):
   return (q * n).T
 
 
+@pytest.mark.unit
 def test_sinkhorn_knopp_matches_numpy_and_balances_the_batch():
   rng = np.random.default_rng(0)
   # Nearly identical rows (as at init): a softmax would give every row the same target.
@@ -192,6 +200,7 @@ def test_sinkhorn_knopp_matches_numpy_and_balances_the_batch():
   assert np.ptp(got.sum(0)) < 0.1 * np.ptp(softmax.sum(0))
 
 
+@pytest.mark.unit
 def test_koleo_matches_numpy():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(12, 5))
@@ -204,6 +213,7 @@ def test_koleo_matches_numpy():
   assert float(koleo_loss(jnp.eye(12))) < float(koleo_loss(jnp.asarray(xn + 3.0, jnp.float32)))
 
 
+@pytest.mark.integration
 def test_sinkhorn_and_koleo_options_enter_the_loss():
   model, objective, batch = _setup()
   tx, _ = _optimizer(objective)
@@ -230,6 +240,7 @@ def test_sinkhorn_and_koleo_options_enter_the_loss():
   assert "koleo" not in sk_aux.metrics
 
 
+@pytest.mark.unit
 def test_bad_centering_is_explained():
   with pytest.raises(ValueError, match="centering"):
     objectives.build(dict(name="dino", centering="mean"), 100)

@@ -11,7 +11,7 @@ from bigvl import metrics
 from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
 # A training run and three eval processes: about a minute and a half.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from conftest import REPO
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.unit
 def test_recall_at_k_on_hand_made_embeddings():
   img = np.array([[1, 0], [0, 1], [-1, 0]], np.float32)
   txt = np.array([[1, 0], [0, 1],          # image 0's captions; the second looks like image 1
@@ -40,6 +41,7 @@ def _run(devices):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_every_evaluator_gives_the_same_numbers_on_1_and_8_devices():
   one, eight = _run(1), _run(8)

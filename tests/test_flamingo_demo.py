@@ -10,6 +10,8 @@ import pytest
 from bigvl import metrics
 from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
+pytestmark = pytest.mark.integration
+
 FLAMINGO = os.path.join(REPO, "configs", "demo", "flamingo_digits.py")
 
 

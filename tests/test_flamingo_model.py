@@ -12,6 +12,8 @@ from bigvl.models.flamingo import (Flamingo, GatedCrossAttentionDense, Perceiver
                                    media_attend_mask)
 from bigvl.models.lm import CausalLM
 
+pytestmark = pytest.mark.unit
+
 IMG = 1
 LM = dict(vocab_size=16, width=32, depth=2, mlp_dim=64, num_heads=2, max_len=16)
 OPTS = dict(vision=dict(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=4), lm=LM,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from bigvl import models, objectives, optim, state as state_lib, step as step_lib
 from bigvl.data import sources, tokenizer as tok_lib, transforms
@@ -47,6 +48,7 @@ def _np(tree):
   return jax.tree.map(np.asarray, nn.unbox(tree))
 
 
+@pytest.mark.integration
 def test_stage_two_moves_only_the_bridges_and_allocates_only_their_moments():
   model, objective, tx, schedule, state, batch, _ = _setup()
   before = _np(state.params)
@@ -73,6 +75,7 @@ def test_stage_two_moves_only_the_bridges_and_allocates_only_their_moments():
   assert n_state == 2 * n_trained
 
 
+@pytest.mark.integration
 def test_loss_counts_text_tokens_not_image_markers_or_padding():
   model, objective, _, _, state, batch, tok = _setup()
   loss, _ = objective.loss(model, state.params, batch, jax.random.PRNGKey(0), train=False)
@@ -91,6 +94,7 @@ def test_loss_counts_text_tokens_not_image_markers_or_padding():
   assert float(same) == float(ref)
 
 
+@pytest.mark.unit
 def test_a_run_with_frozen_params_restores_from_its_checkpoint(tmp_path):
   # Frozen params have no optimizer state (optax.MaskedNode leaves); restoring into the
   # abstract state, as resume and `python -m bigvl.eval` do, once failed on them.

@@ -44,6 +44,7 @@ def _image_tower_flops(ratio):
   return _flops(jax.grad(tower_loss), params["img"], jax.random.PRNGKey(0))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_masking_half_the_patches_cuts_image_tower_flops_at_least_1_6x():
   full, half = _image_tower_flops(0.0), _image_tower_flops(0.5)
@@ -52,6 +53,7 @@ def test_masking_half_the_patches_cuts_image_tower_flops_at_least_1_6x():
   assert full / half >= 1.6
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_masked_train_step_costs_fewer_flops_too():
   def step_flops(ratio):
@@ -64,6 +66,7 @@ def test_masked_train_step_costs_fewer_flops_too():
   assert full / half > 1.2    # The text tower is not masked.
 
 
+@pytest.mark.integration
 def test_image_tower_sees_half_the_tokens_in_training_and_all_in_eval():
   model, objective, params, batch = _demo(0.5)
   seen = []
@@ -80,12 +83,14 @@ def test_image_tower_sees_half_the_tokens_in_training_and_all_in_eval():
   assert seen == [8, 16]
 
 
+@pytest.mark.unit
 def test_flip_tuning_phase_config_is_unmasked_from_the_masked_run(tmp_path):
   config = config_lib.load_config_file(f"{FLIP}:init={tmp_path}")
   assert config.objective.image_mask_ratio == 0.0 and config.init_from == str(tmp_path)
   assert config.data.tokenizer == f"{tmp_path}/tokenizer.model"
 
 
+@pytest.mark.unit
 def test_image_mask_ratio_is_validated():
   with pytest.raises(ValueError, match="Masking ratio"):
     objectives.build(dict(name="siglip", image_mask_ratio=1.0))

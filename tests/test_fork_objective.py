@@ -11,6 +11,8 @@ import textwrap
 from bigvl import metrics, train
 from conftest import DEMO_SIGLIP
 
+pytestmark = pytest.mark.integration
+
 OBJECTIVE = textwrap.dedent('''
     import dataclasses
     import jax.numpy as jnp

@@ -7,11 +7,14 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bigvl import evaluators, models
 from bigvl.data import sources, tokenizer as tok_lib
 from bigvl.data.interleaved import IMAGE, SPECIAL_TOKENS
 from bigvl.evaluators.in_context import chunk, query_chunk_mask
+
+pytestmark = pytest.mark.integration
 
 TINY = dict(width=32, depth=1, mlp_dim=64, num_heads=4)
 PP = "resize(16)|value_range(-1, 1)"

@@ -7,6 +7,8 @@ from bigvl.data import sources, tokenizer as tok_lib, transforms
 from bigvl.data.interleaved import END_OF_CHUNK, IMAGE, SPECIAL_TOKENS
 from bigvl.evaluators.in_context import query_chunk_mask
 
+pytestmark = pytest.mark.unit
+
 PP = (f"each_image('resize(16)|value_range(-1, 1)')|interleave_text|tokenize|"
       "keep('images', 'text', 'labels')")
 

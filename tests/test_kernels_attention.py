@@ -15,6 +15,8 @@ from jax.experimental import pallas as pl
 from bigvl.kernels import attention as attention_lib
 from bigvl.kernels import flash_attention as fa
 
+pytestmark = pytest.mark.unit
+
 SMALL = fa.BlockSizes(block_q=8, block_k=16, block_q_bwd=16, block_k_bwd=8)
 
 

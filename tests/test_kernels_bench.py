@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from conftest import load_tool
+
+pytestmark = pytest.mark.integration
 
 
 def _load_tool():

@@ -14,6 +14,8 @@ import pytest
 from bigvl.kernels import contrastive_loss as cl
 from bigvl.objectives import contrastive as objectives_contrastive
 
+pytestmark = pytest.mark.unit
+
 # Correctness is under test, not XLA's code quality: fast compiles for both paths alike.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -195,7 +197,7 @@ def test_objective_uses_the_kernel():
   @jax.jit
   def losses():
     batch = {"image": 0, "text": 0}
-    return {(name, impl): objectives.build({"name": name, "loss_impl": impl})(
+    return {(name, impl): objectives.build({"name": name, "loss_impl": impl}).loss(
         FakeTowers(), {}, batch, None)[0]
         for name in ("siglip", "clip") for impl in ("xla", "pallas")}
 

@@ -14,6 +14,8 @@ from jax import export
 from bigvl.kernels import contrastive_loss as cl
 from bigvl.kernels import flash_attention as fa
 
+pytestmark = pytest.mark.unit
+
 TRITON = "stablehlo.custom_call @__gpu$xla.gpu.triton"
 # The Triton custom call has no serialization-compatibility guarantee; we never serialize.
 UNSAFE_OK = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]

@@ -11,6 +11,8 @@ import pytest
 from bigvl import models, objectives
 from bigvl.objectives.language import LanguageModeling, next_token_loss
 
+pytestmark = pytest.mark.unit
+
 EOS, PAD = 2, 0
 TINY_LM = dict(name="lm", vocab_size=16, width=32, depth=2, mlp_dim=64, num_heads=2, max_len=16)
 
@@ -104,7 +106,7 @@ def test_lm_objective_learns_a_tiny_set():
 
   @jax.jit
   def step(params, opt_state, rng):
-    (loss, _), grads = jax.value_and_grad(obj, argnums=1, has_aux=True)(
+    (loss, _), grads = jax.value_and_grad(obj.loss, argnums=1, has_aux=True)(
         model, params, batch, rng)
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

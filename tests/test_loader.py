@@ -21,6 +21,7 @@ def _indices(ds, steps):
   return np.stack([ds[s].inputs["index"] for s in steps])
 
 
+@pytest.mark.unit
 def test_each_epoch_is_a_new_permutation_of_the_whole_source():
   ds = loader.train_dataset(INDEX, batch_size=8, seed=0, context={})
   first, second = _indices(ds, range(15)).ravel(), _indices(ds, range(15, 30)).ravel()
@@ -28,7 +29,9 @@ def test_each_epoch_is_a_new_permutation_of_the_whole_source():
   assert not np.array_equal(first, second)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.unit),
+                                     # Worker processes: ~20 s.
+                                     pytest.param(2, marks=pytest.mark.integration)])
 def test_restored_iterator_state_gives_the_following_batches(tmp_path, workers):
   """Acceptance: batches 101-200 after restoring a checkpoint taken at batch 100 equal those
   of an uninterrupted loader (one process; two processes below)."""
@@ -74,6 +77,7 @@ def _two_processes(workdir, workers, mode):
   assert all(p.returncode == 0 for p in procs), "\n".join(outs)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_two_process_resume_and_disjoint_shares(tmp_path, workers):
@@ -97,6 +101,7 @@ def test_two_process_resume_and_disjoint_shares(tmp_path, workers):
     np.testing.assert_array_equal(run[p], _indices(local, range(200)))
 
 
+@pytest.mark.unit
 def test_process_shares_are_disjoint_and_cover_an_epoch():
   """Acceptance: two processes read disjoint shares whose union is the whole dataset."""
   shares = []
@@ -122,6 +127,7 @@ def test_process_shares_are_disjoint_and_cover_an_epoch():
   assert set(read) == set(shares[1].tolist())
 
 
+@pytest.mark.unit
 def test_mixture_follows_weights_and_each_component_pp():
   cfg = dict(pp="keep('index', 'image')", mixture=dict(
       low=dict(name="data_sources:IndexSource", n=50, weight=3.0),
@@ -143,6 +149,7 @@ def test_mixture_follows_weights_and_each_component_pp():
                          batch_size=8, seed=0, context={})
 
 
+@pytest.mark.unit
 def test_corrupt_images_are_replaced_counted_and_logged(capfd):
   cfg = dict(name="data_sources:PngSource", n=100, corrupt=(7, 42, 99),
              pp="decode|keep('image', 'index')")
@@ -161,6 +168,7 @@ def test_corrupt_images_are_replaced_counted_and_logged(capfd):
     [strict[s] for s in range(10)]
 
 
+@pytest.mark.unit
 def test_all_corrupt_data_stops_with_a_clear_error():
   cfg = dict(name="data_sources:PngSource", n=5, corrupt=range(5), pp="decode")
   ds = loader.train_dataset(cfg, batch_size=2, seed=0, context={})
@@ -168,6 +176,7 @@ def test_all_corrupt_data_stops_with_a_clear_error():
     ds[0]
 
 
+@pytest.mark.unit
 def test_decode_and_inception_crop():
   img = digit_image(3)
   data = png_bytes(img)
@@ -192,6 +201,7 @@ def test_decode_and_inception_crop():
     transforms.build("decode")({"image": b"\xff\xd8garbage", "key": "bad.jpg"}, None)
 
 
+@pytest.mark.unit
 def test_inception_crop_boxes_follow_scale_and_ratio():
   rng = np.random.default_rng(0)
   boxes = [transforms.sample_crop_box(300, 400, rng, (0.08, 1.0), (3 / 4, 4 / 3))
@@ -204,6 +214,7 @@ def test_inception_crop_boxes_follow_scale_and_ratio():
   assert 0.4 < area.mean() < 0.6  # Uniform in [0.08, 1] minus rejected tall/wide draws.
 
 
+@pytest.mark.unit
 def test_feistel_shuffle_is_a_permutation_with_a_new_order_each_epoch():
   from bigvl.data import shuffle
   for n in (1, 2, 3, 7, 100, 1000, 4097):

@@ -174,6 +174,7 @@ def assert_same(src, expected):
 # ----------------------------------------------------------------------------- folder
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_folder_to_shards_keeps_everything(tmp_path, fmt):
   images, captions, expected, _ = make_folder(tmp_path, fmt)
@@ -202,6 +203,7 @@ def test_folder_to_shards_keeps_everything(tmp_path, fmt):
   assert sorted(src.texts()) == sorted(t for e in expected for t in e["texts"])
 
 
+@pytest.mark.unit
 def test_folder_source_matches_shards_and_pickles(tmp_path):
   images, captions, expected, _ = make_folder(tmp_path)
   folder = sources.build({"name": "folder", "images_dir": images, "captions_file": captions})
@@ -222,6 +224,7 @@ def test_folder_source_matches_shards_and_pickles(tmp_path):
     assert clone.class_names == folder.class_names and clone.texts() == folder.texts()
 
 
+@pytest.mark.unit
 def test_read_folder_skips_and_counts_missing_files(tmp_path):
   images, captions, expected, _ = make_folder(tmp_path)
   os.remove(os.path.join(images, expected[2]["key"]))
@@ -237,6 +240,7 @@ def test_read_folder_skips_and_counts_missing_files(tmp_path):
   assert len(ShardSource(str(tmp_path / "out"))) == len(expected) - 1
 
 
+@pytest.mark.unit
 def test_csv_caption_columns_and_integer_labels(tmp_path):
   _write(tmp_path / "im" / "a.png", _encode(_photos()["camera"], "PNG"))
   (tmp_path / "c.csv").write_text('path,captions,label\na.png,"[""one"", ""two|three""]",4\n'
@@ -249,6 +253,7 @@ def test_csv_caption_columns_and_integer_labels(tmp_path):
 # ----------------------------------------------------------------------------- webdataset
 
 
+@pytest.mark.unit
 def test_webdataset_to_shards_keeps_everything(tmp_path):
   expected, no_image = make_webdataset(tmp_path / "wds")
   out = tmp_path / "out"
@@ -266,6 +271,7 @@ def test_webdataset_to_shards_keeps_everything(tmp_path):
   assert [s.key for s in reader.skipped] == no_image
 
 
+@pytest.mark.unit
 def test_webdataset_bad_members_and_truncated_tars(tmp_path):
   jpg = _encode(_photos()["cat"], "JPEG")
   with tarfile.open(tmp_path / "a.tar", "w") as tar:
@@ -284,6 +290,7 @@ def test_webdataset_bad_members_and_truncated_tars(tmp_path):
   assert code == 1 and "Cannot read webdataset tar" in log and "b.tar" in log
 
 
+@pytest.mark.unit
 def test_webdataset_brace_and_list_specs(tmp_path):
   make_webdataset(tmp_path)
   a = ingest.expand_tar_paths(str(tmp_path / "{00000..00001}.tar"))
@@ -296,6 +303,7 @@ def test_webdataset_brace_and_list_specs(tmp_path):
 # ----------------------------------------------------------------------------- bad images
 
 
+@pytest.mark.unit
 def test_corrupt_images_are_skipped_and_reported(tmp_path):
   images, captions, expected, bad = make_folder(tmp_path, corrupt=3)
   out = tmp_path / "out"
@@ -323,6 +331,7 @@ def _shard_bytes(out):
   return {f: (out / f).read_bytes() for f in sorted(os.listdir(out)) if f.endswith(".array_record")}
 
 
+@pytest.mark.unit
 def test_interrupted_conversion_resumes_to_the_same_output(tmp_path, monkeypatch):
   images, captions, _, _ = make_folder(tmp_path, corrupt=3)
   args = ["--images", images, "--captions", captions, "--examples_per_shard", 4]
@@ -358,6 +367,7 @@ def test_interrupted_conversion_resumes_to_the_same_output(tmp_path, monkeypatch
   assert code == 0 and _shard_bytes(out) == _shard_bytes(tmp_path / "full")
 
 
+@pytest.mark.unit
 def test_rerun_with_other_arguments_is_refused(tmp_path):
   images, captions, _, _ = make_folder(tmp_path)
   out = tmp_path / "out"
@@ -378,6 +388,7 @@ def test_rerun_with_other_arguments_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 
+@pytest.mark.unit
 def test_bad_arguments_exit_2_with_a_clear_message(tmp_path):
   images, captions, _, _ = make_folder(tmp_path)
   out = str(tmp_path / "out")
@@ -406,6 +417,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(tmp_path):
   assert code == 2 and "already has split 'train'" in log
 
 
+@pytest.mark.unit
 def test_splits_merge_into_one_dataset_json(tmp_path):
   images, captions, expected, _ = make_folder(tmp_path)
   out = tmp_path / "out"
@@ -418,6 +430,7 @@ def test_splits_merge_into_one_dataset_json(tmp_path):
   assert len(ShardSource(str(out), "test")) == len(expected)
 
 
+@pytest.mark.unit
 def test_shard_source_errors_name_the_fix(tmp_path):
   images, captions, _, _ = make_folder(tmp_path)
   out = tmp_path / "out"
@@ -439,6 +452,7 @@ def test_shard_source_errors_name_the_fix(tmp_path):
     ShardSource(str(out))
 
 
+@pytest.mark.unit
 def test_progress_lines_when_not_a_tty(tmp_path):
   stream = io.StringIO()
   p = make_dataset.ProgressLine(stream, total=100, every=0.0)
@@ -457,6 +471,7 @@ def test_progress_lines_when_not_a_tty(tmp_path):
   assert text.endswith("skipped 0\n") and "ETA" not in text
 
 
+@pytest.mark.integration
 def test_cli_wrapper_runs(tmp_path):
   images, captions, expected, _ = make_folder(tmp_path)
   tool = os.path.join(REPO, "tools", "make_dataset.py")

@@ -21,6 +21,7 @@ def _images(b=4, size=16, c=1, seed=0):
   return jax.random.normal(jax.random.PRNGKey(seed), (b, size, size, c))
 
 
+@pytest.mark.unit
 def test_patchify_layout_and_inverse():
   img = np.arange(2 * 8 * 12 * 3, dtype=np.float32).reshape(2, 8, 12, 3)
   patches = np.asarray(patchify(jnp.asarray(img), 4))
@@ -30,6 +31,7 @@ def test_patchify_layout_and_inverse():
   np.testing.assert_array_equal(np.asarray(unpatchify(jnp.asarray(patches), 4, 2, 3)), img)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_patchify_order_is_the_vit_token_order():
   # A ViT's patch embedding is a strided conv: token i must see exactly patchify's patch i.
@@ -43,6 +45,7 @@ def test_patchify_order_is_the_vit_token_order():
   np.testing.assert_allclose(tokens, patchify(img, 4) @ kernel + bias + pe, atol=1e-5)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("ratio,n", [(0.75, 16), (0.5, 16), (0.6, 49), (0.9, 196), (0.0, 16)])
 def test_random_keep_counts_and_mask(ratio, n):
   keep, mask = random_keep(jax.random.PRNGKey(1), 3, n, ratio)
@@ -54,6 +57,7 @@ def test_random_keep_counts_and_mask(ratio, n):
   assert not np.array_equal(keep[0], keep[1]) or k == n       # Per-example masks.
 
 
+@pytest.mark.unit
 def test_masking_ratio_errors():
   with pytest.raises(ValueError, match="must be in"):
     num_kept(16, 1.0)
@@ -63,6 +67,7 @@ def test_masking_ratio_errors():
     objectives.build(dict(name="mae", mask_ratio=1.2))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_vit_keep_all_in_order_is_the_plain_forward_and_is_permutation_equivariant():
   vit = ViT(**ENC, pool="none")
@@ -89,6 +94,7 @@ def _encoder_token_counts(fn):
   return seen
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("ratio", [0.75, pytest.param(0.5, marks=pytest.mark.slow),
                                    pytest.param(0.3, marks=pytest.mark.slow)])
 def test_mae_encoder_receives_round_1_minus_ratio_tokens(ratio):
@@ -112,6 +118,7 @@ def _mae_setup(ratio=0.75):
   return model, params, img
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # 39 s.
 def test_mae_loss_ignores_visible_patches():
   model, params, img = _mae_setup()
@@ -137,6 +144,7 @@ def test_mae_loss_ignores_visible_patches():
   assert float(with_target_change(one_masked)) > float(loss) + 1.0
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_mae_loss_is_the_mse_to_per_patch_normalised_pixels():
   model, params, img = _mae_setup()
@@ -150,6 +158,7 @@ def test_mae_loss_is_the_mse_to_per_patch_normalised_pixels():
   np.testing.assert_allclose(float(loss), err[np.asarray(mask)].mean(), rtol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_simmim_masked_patches_enter_as_the_mask_token():
   model = models.build(dict(name="simmim", encoder=ENC, channels=1))
@@ -164,6 +173,7 @@ def test_simmim_masked_patches_enter_as_the_mask_token():
   assert not np.allclose(a, model.apply({"params": params}, img))  # Without the mask they do.
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_simmim_loss_is_l1_on_masked_pixels_only():
   model = models.build(dict(name="simmim", encoder=ENC, channels=1))
@@ -178,12 +188,14 @@ def test_simmim_loss_is_l1_on_masked_pixels_only():
   np.testing.assert_allclose(float(loss), err[np.asarray(mask)].mean(), rtol=1e-5)
 
 
+@pytest.mark.unit
 def test_masked_image_encoder_rejects_a_pooling_head():
   with pytest.raises(ValueError, match="pool"):
     models.build(dict(name="mae", encoder=dict(ENC, pool="map"))).init(
         jax.random.PRNGKey(0), _images(1))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_learned_posemb_resizes_to_another_grid():
   vit = ViT(**ENC, pool="gap")

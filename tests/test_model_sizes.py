@@ -46,6 +46,7 @@ def _torch_count(build) -> int:
   return sum(p.numel() for p in module.parameters())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", sorted(TIMM))
 def test_size_table_matches_timm(size):
   with torch.device("meta"):
@@ -55,6 +56,7 @@ def test_size_table_matches_timm(size):
                                block.attn.num_heads)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", sorted(OPEN_CLIP))
 def test_size_table_matches_open_clip(size):
   cfg = open_clip.get_model_config(OPEN_CLIP[size])["vision_cfg"]
@@ -63,6 +65,7 @@ def test_size_table_matches_open_clip(size):
                                width // cfg.get("head_width", 64))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size,patch", [("Ti", 16), ("B", 16)])
 def test_vit_param_count_equals_timm(size, patch):
   name = TIMM[size]
@@ -71,6 +74,7 @@ def test_vit_param_count_equals_timm(size, patch):
   assert _count(cfg, 224) == ref
 
 
+@pytest.mark.unit
 def test_clip_b16_param_count_equals_hf_and_open_clip():
   hf = _torch_count(lambda: transformers.CLIPModel(transformers.CLIPConfig(
       vision_config=dict(patch_size=16))))
@@ -79,6 +83,7 @@ def test_clip_b16_param_count_equals_hf_and_open_clip():
   assert _count(presets.clip("B/16"), 224, 77) == hf
 
 
+@pytest.mark.unit
 def test_siglip_so400m_param_count_equals_hf():
   so400m = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                 num_attention_heads=16)
@@ -89,6 +94,7 @@ def test_siglip_so400m_param_count_equals_hf():
   assert _count(presets.siglip("So400m/14"), 384, 64) == hf
 
 
+@pytest.mark.unit
 def test_presets_build_and_run_tiny_shapes():
   # The presets are real model configs: they build, and embed a batch at the right width.
   cfg = presets.clip("B/32")
@@ -99,6 +105,7 @@ def test_presets_build_and_run_tiny_shapes():
     presets.clip("Ti/16")
 
 
+@pytest.mark.unit
 def test_variant_errors_name_the_fix():
   with pytest.raises(ValueError, match="valid sizes"):
     sizes.parse_variant("X/16")
@@ -106,6 +113,7 @@ def test_variant_errors_name_the_fix():
     sizes.parse_variant("B/p16")
 
 
+@pytest.mark.unit
 def test_open_clip_config_files_are_plain_json():
   # The converter reads these files without importing open_clip.
   path = os.path.join(os.path.dirname(open_clip.__file__), "model_configs", "ViT-B-32.json")
@@ -113,6 +121,7 @@ def test_open_clip_config_files_are_plain_json():
     assert json.load(f)["vision_cfg"]["patch_size"] == 32
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("size,patch", [("S", 16), ("M", 16), ("B", 32), ("L", 14), ("H", 14),
                                         ("g", 14), ("G", 14)])

@@ -10,6 +10,8 @@ from bigvl.models.text import TextTransformer
 from bigvl.models.two_towers import TwoTowers
 from bigvl.models.vit import ViT
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(width=32, depth=2, mlp_dim=64, num_heads=4)
 
 

@@ -59,6 +59,7 @@ def _compiled(fn, *args):
   return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_siglip_train_steps_pallas_match_xla():
   config = _demo_config()
@@ -106,6 +107,7 @@ def test_siglip_train_steps_pallas_match_xla():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_siglip_demo_pallas_matches_xla(tmp_path):
   xla = _train_losses(tmp_path / "xla", "xla", "xla")
@@ -117,6 +119,7 @@ def test_siglip_demo_pallas_matches_xla(tmp_path):
   np.testing.assert_allclose(pallas, xla, atol=1e-4, rtol=0)
 
 
+@pytest.mark.unit
 def test_attention_impl_reaches_every_attention():
   """A bad attention_impl must fail in every attention the model has (no hard-coded impl)."""
   config = _demo_config()

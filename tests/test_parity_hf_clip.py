@@ -65,10 +65,12 @@ def tiny_config(depth=2, **text_overrides):
                                  projection_dim=48)
 
 
+@pytest.mark.unit
 def test_tiny_clip_matches_hf(tmp_path):
   check_parity(tiny_config(), tmp_path, clip_token_ids(eos_padded=True))
 
 
+@pytest.mark.unit
 def test_tiny_clip_legacy_eos_config_pools_at_highest_id(tmp_path):
   # Configs from before transformers PR #24773 say eos_token_id=2: HF then pools at argmax(ids).
   cfg = tiny_config(depth=1, eos_token_id=2)
@@ -79,6 +81,7 @@ def test_tiny_clip_legacy_eos_config_pools_at_highest_id(tmp_path):
     assert json.load(f)["text"]["pool"] == "argmax"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_clip_b32_matches_hf(tmp_path):
   # CLIPConfig's defaults are OpenAI's ViT-B/32 (151M parameters).

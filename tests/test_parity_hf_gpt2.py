@@ -75,6 +75,7 @@ def tiny_hf_dir(tmp_path_factory):
   return str(path)
 
 
+@pytest.mark.unit
 def test_tiny_gpt2_matches_hf(tmp_path):
   check_parity(transformers.GPT2Config(**TINY), tmp_path)
   assert converted_config(tmp_path / "bigvl") == dict(
@@ -84,6 +85,7 @@ def test_tiny_gpt2_matches_hf(tmp_path):
   assert (meta["text_len"], meta["eos_id"], meta["format"]) == (32, 99, "HF GPT-2")
 
 
+@pytest.mark.unit
 def test_tiny_gpt2_untied_head_exact_gelu_and_n_inner(tmp_path):
   cfg = transformers.GPT2Config(**dict(TINY, n_layer=1), n_inner=96, activation_function="gelu",
                                 tie_word_embeddings=False)
@@ -93,6 +95,7 @@ def test_tiny_gpt2_untied_head_exact_gelu_and_n_inner(tmp_path):
       (96, "gelu", False, False)
 
 
+@pytest.mark.unit
 def test_legacy_state_dict_with_mask_buffers_and_no_prefix(tmp_path):
   # The original OpenAI conversions: pytorch_model.bin, GPT2Model's keys (no "transformer."),
   # the causal-mask buffers attn.bias / attn.masked_bias, and here also the tied lm_head.
@@ -111,6 +114,7 @@ def test_legacy_state_dict_with_mask_buffers_and_no_prefix(tmp_path):
   assert max_logit_diff(ref, model, params, token_ids(100)) <= TOL
 
 
+@pytest.mark.unit
 def test_cli_converts_a_save_pretrained_dir(tiny_hf_dir, tmp_path, capsys):
   tool = load_tool("convert_checkpoint")
   out = str(tmp_path / "converted")
@@ -122,6 +126,7 @@ def test_cli_converts_a_save_pretrained_dir(tiny_hf_dir, tmp_path, capsys):
   assert max_logit_diff(ref, model, params, token_ids(100)) <= TOL
 
 
+@pytest.mark.unit
 def test_mismatched_shape_names_the_tensor(tiny_hf_dir, tmp_path, capsys):
   cfg = dict(name="lm", vocab_size=100, width=64, depth=2, mlp_dim=128, num_heads=4, max_len=32,
              act="gelu_tanh", ln_eps=1e-5, tie_embeddings=True)
@@ -143,6 +148,7 @@ def test_mismatched_shape_names_the_tensor(tiny_hf_dir, tmp_path, capsys):
                     model_config=dict(cfg, mlp_dim=256, tie_embeddings=False, head_bias=False))
 
 
+@pytest.mark.unit
 def test_unsupported_attention_option_is_refused(tmp_path):
   cfg = transformers.GPT2Config(**dict(TINY, n_layer=1), scale_attn_by_inverse_layer_idx=True)
   cfg.save_pretrained(tmp_path / "hf")
@@ -150,6 +156,7 @@ def test_unsupported_attention_option_is_refused(tmp_path):
     hf_gpt2.model_config(cfg)
 
 
+@pytest.mark.unit
 def test_rules_invert_bit_exact():
   # HF state dict -> bigvl params -> HF state dict gives back every tensor unchanged.
   cfg = transformers.GPT2Config(**TINY)
@@ -166,12 +173,14 @@ def test_rules_invert_bit_exact():
     np.testing.assert_array_equal(back[k], state[k], err_msg=k)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_gpt2_124m_matches_hf(tmp_path):
   # GPT2Config's defaults are OpenAI's GPT-2 small (124M parameters, 50257 tokens).
   check_parity(transformers.GPT2Config(), tmp_path)
 
 
+@pytest.mark.integration
 def test_converted_gpt2_starts_a_flamingo_lm_with_hf_logits(tiny_hf_dir, tmp_path):
   """Bringing a real LM: the converted directory is an init source (`init_from` +
   `init_into="lm"`), and at init (gates 0) the Flamingo's logits are GPT-2's."""

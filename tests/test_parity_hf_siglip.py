@@ -53,6 +53,7 @@ def check_parity(hf_config, tmp_path, *, n_images=3, n_texts=4):
   assert np.ptp(want.logits_per_image.numpy()) > 0.1  # Not a constant: the towers matter.
 
 
+@pytest.mark.unit
 def test_tiny_siglip_matches_hf(tmp_path):
   cfg = transformers.SiglipConfig(
       text_config=dict(TINY, vocab_size=1000, max_position_embeddings=16),
@@ -60,6 +61,7 @@ def test_tiny_siglip_matches_hf(tmp_path):
   check_parity(cfg, tmp_path)
 
 
+@pytest.mark.unit
 def test_tiny_siglip_with_patch_remainder_matches_hf(tmp_path):
   # As So400m/14 at 384px: 36 = 2*14 + 8 leftover pixels, which both sides drop.
   cfg = transformers.SiglipConfig(
@@ -68,6 +70,7 @@ def test_tiny_siglip_with_patch_remainder_matches_hf(tmp_path):
   check_parity(cfg, tmp_path, n_images=2, n_texts=2)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_siglip_b16_matches_hf(tmp_path):
   # SiglipConfig's defaults are SigLIP B/16 at 224px (203M parameters).

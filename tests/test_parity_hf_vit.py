@@ -56,10 +56,12 @@ def check_vit_model(cfg, tmp_path):
   assert testing.max_abs_diff(tokens, want.last_hidden_state.numpy()) <= 10 * TOL
 
 
+@pytest.mark.unit
 def test_tiny_vit_model_matches_hf(tmp_path):
   check_vit_model(transformers.ViTConfig(**TINY), tmp_path)
 
 
+@pytest.mark.unit
 def test_tiny_vit_classifier_matches_hf(tmp_path):
   cfg = transformers.ViTConfig(**dict(TINY, num_hidden_layers=1), num_labels=10)
   torch.manual_seed(0)
@@ -73,6 +75,7 @@ def test_tiny_vit_classifier_matches_hf(tmp_path):
   assert testing.max_abs_diff(logits, want) <= TOL
 
 
+@pytest.mark.unit
 def test_pre_transformers5_names_are_renamed():
   # Checkpoints on the Hub still use the old names; they must land on the same rules.
   old = ["vit.encoder.layer.3.attention.attention.query.weight",
@@ -85,6 +88,7 @@ def test_pre_transformers5_names_are_renamed():
   assert list(hf_vit.normalize(dict.fromkeys(old, 0))) == new
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_vit_b16_matches_hf(tmp_path):
   # ViTConfig's defaults are ViT-B/16 at 224px (86M parameters with the pooler).

@@ -49,10 +49,12 @@ def check_parity(ref, tmp_path, image_size, **convert_kw):
   assert float(ref.logit_scale.detach().exp()) > 10
 
 
+@pytest.mark.unit
 def test_tiny_open_clip_matches(tmp_path):
   check_parity(open_clip.CLIP(**TINY), tmp_path, 32, open_clip_config=TINY)
 
 
+@pytest.mark.unit
 def test_tiny_open_clip_quickgelu_final_ln_after_pool_matches(tmp_path):
   cfg = dict(TINY, quick_gelu=True,
              vision_cfg=dict(TINY["vision_cfg"], layers=1, final_ln_after_pool=True),
@@ -60,6 +62,7 @@ def test_tiny_open_clip_quickgelu_final_ln_after_pool_matches(tmp_path):
   check_parity(open_clip.CLIP(**cfg), tmp_path, 32, open_clip_config=cfg)
 
 
+@pytest.mark.unit
 def test_unsupported_open_clip_options_are_refused(tmp_path):
   cfg = dict(TINY, vision_cfg=dict(TINY["vision_cfg"], pool_type="avg"))
   ref = open_clip.CLIP(**cfg)
@@ -70,6 +73,7 @@ def test_unsupported_open_clip_options_are_refused(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_open_clip_vit_b32_matches(tmp_path):
   ref = open_clip.create_model("ViT-B-32", pretrained=None)

@@ -9,6 +9,8 @@ from bigvl.data import digits, tokenizer as tok_lib
 from bigvl.evaluators import EvalContext, build
 from bigvl.evaluators.probes import knn_classifier, ridge_classifier
 
+pytestmark = pytest.mark.unit
+
 
 def _clusters(n_per, num_classes, d=8, spread=0.3, seed=0):
   rng = np.random.default_rng(seed)

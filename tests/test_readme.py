@@ -3,8 +3,12 @@
 import os
 import re
 
+import pytest
+
 from bigvl import config_lib, metrics, train
 from conftest import REPO
+
+pytestmark = pytest.mark.integration
 
 
 def test_readme_example_config_trains(tmp_path):

@@ -14,6 +14,7 @@ from conftest import REPO, load_tool, run_bigvl
 MAE = os.path.join(REPO, "configs", "demo", "mae_digits.py")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_reconstruction_png_rows_original_masked_reconstruction(tmp_path):
   work = str(tmp_path / "mae")
@@ -48,6 +49,7 @@ def test_reconstruction_png_rows_original_masked_reconstruction(tmp_path):
   np.testing.assert_array_equal(rows[0][0], expected.repeat(2, 0).repeat(2, 1))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_reconstruction_grid_in_process(tmp_path):
   """The fast twin of the test above: reconstruct() and grid_png() on init params."""
@@ -70,6 +72,7 @@ def test_reconstruction_grid_in_process(tmp_path):
   assert grey.all(1).sum() == 12   # Masked patches are grey in the middle row.
 
 
+@pytest.mark.unit
 def test_reconstruction_refuses_a_non_mim_run():
   from bigvl import objectives
   with pytest.raises(ValueError, match="Siglip; reconstructions need mae or simmim"):
@@ -77,6 +80,7 @@ def test_reconstruction_refuses_a_non_mim_run():
                      None)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_reconstruction_evaluator_writes_its_grid_to_tensorboard(tmp_path):
   import jax
@@ -109,6 +113,7 @@ def test_reconstruction_evaluator_writes_its_grid_to_tensorboard(tmp_path):
                                 grid)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_vit_classifier_fine_tunes_from_the_mae_encoder(tmp_path):
   """init_subtree='enc' loads exactly the MAE encoder's params into a `vit`; only the new

@@ -10,6 +10,8 @@ from skimage import data as skdata
 
 from bigvl.data import records
 
+pytestmark = pytest.mark.unit
+
 
 def _jpeg(img: np.ndarray) -> bytes:
   buf = io.BytesIO()

@@ -20,6 +20,7 @@ def _python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
                         timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
+@pytest.mark.integration
 def test_each_registry_resolves_a_name_from_a_fresh_interpreter():
   # One fresh interpreter per registry: nothing imported but bigvl.registry beforehand.
   for reg, name, attr in (("MODELS", "vit", "ViT"), ("OBJECTIVES", "siglip", "Siglip"),
@@ -30,6 +31,7 @@ def test_each_registry_resolves_a_name_from_a_fresh_interpreter():
     assert proc.stdout.strip() == attr, (reg, proc.stdout)
 
 
+@pytest.mark.unit
 def test_registries_are_the_ones_the_families_use():
   from bigvl import evaluators, models, objectives
   from bigvl.data import sources, transforms
@@ -42,6 +44,7 @@ def test_registries_are_the_ones_the_families_use():
   assert {"resize", "tokenize", "each_image", "interleave_text"} <= set(PP_OPS.names())
 
 
+@pytest.mark.unit
 def test_old_source_key_is_a_one_line_error_naming_the_fix():
   from bigvl.data import sources
   with pytest.raises(ValueError) as e:
@@ -54,6 +57,7 @@ def test_old_source_key_is_a_one_line_error_naming_the_fix():
     sources.build(dict(source="tfds", name="mnist", split="train"))
 
 
+@pytest.mark.unit
 def test_old_eval_keys_are_one_line_errors_naming_the_fix():
   from bigvl import evaluators
   ctx = evaluators.EvalContext(model=None, tokenizer=None, text_len=16, mesh=None, rules=None)
@@ -73,6 +77,7 @@ def test_old_eval_keys_are_one_line_errors_naming_the_fix():
     evaluators.build("zs", dict(name="zeroshot"), ctx)
 
 
+@pytest.mark.unit
 def test_missing_name_lists_the_valid_names():
   from bigvl import evaluators, models, objectives
   from bigvl.data import sources
@@ -86,6 +91,7 @@ def test_missing_name_lists_the_valid_names():
       build()
 
 
+@pytest.mark.unit
 def test_build_from_config_passes_the_rest_and_names_unknown_options():
   reg = Registry("widget")
 
@@ -103,6 +109,7 @@ def test_build_from_config_passes_the_rest_and_names_unknown_options():
     reg.build_from_config({"size": 1}, where="config.w")
 
 
+@pytest.mark.unit
 def test_module_attribute_names_still_work(tmp_path, monkeypatch):
   (tmp_path / "my_sources.py").write_text(textwrap.dedent('''
       class Three:
@@ -122,6 +129,7 @@ def test_module_attribute_names_still_work(tmp_path, monkeypatch):
     OBJECTIVES.get("bigvl.objectives.contrastive:Nope")
 
 
+@pytest.mark.unit
 def test_a_registry_loads_its_implementations_once_and_lazily(tmp_path, monkeypatch):
   (tmp_path / "my_impls.py").write_text(textwrap.dedent('''
       import my_registry
@@ -182,6 +190,7 @@ _FORK_IMPORTS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.integration
 def test_every_bigvl_module_imports_on_its_own():
   """Each module imported first thing in a fresh bigvl (no import circle makes one fail)."""
   modules = _bigvl_modules()
@@ -192,6 +201,7 @@ def test_every_bigvl_module_imports_on_its_own():
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.unit
 def test_implementation_modules_register_through_bigvl_registry():
   """A module with `@X.register(...)` takes X from bigvl.registry and never imports X's list
   module (the import circle the lazy load replaces)."""

@@ -14,6 +14,8 @@ import pytest
 from bigvl import checkpoint, config_lib, metrics, train
 from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
+pytestmark = pytest.mark.integration
+
 FAST = ["--config.checkpoint_every=10", "--config.log_every=1", "--config.evals={}"]
 
 

@@ -13,6 +13,8 @@ import pytest
 from bigvl import metrics
 from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
+pytestmark = pytest.mark.integration
+
 
 def _start(workdir, *extra):
   cmd = [sys.executable, "-m", "bigvl.train", "--config", DEMO_SIGLIP, "--workdir", str(workdir),

@@ -18,6 +18,8 @@ from bigvl import state as state_lib, step as step_lib
 from bigvl.data import digits, loader, tokenizer as tok_lib
 from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
+pytestmark = pytest.mark.integration
+
 STEPS = 10
 COMMON = [f"--config.total_steps={STEPS}", "--config.log_every=1", "--config.evals={}",
           "--config.checkpoint_every=0"]

@@ -28,6 +28,8 @@ import pytest
 
 from conftest import DEMO_SIGLIP, REPO
 
+pytestmark = pytest.mark.integration
+
 SCRIPT = os.path.join(REPO, "tests", "scale_memory_check.py")
 TOOL = os.path.join(REPO, "tools", "bench_train.py")
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}

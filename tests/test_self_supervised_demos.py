@@ -16,6 +16,8 @@ import pytest
 from bigvl import metrics
 from conftest import REPO, run_bigvl
 
+pytestmark = pytest.mark.integration
+
 DEMOS = os.path.join(REPO, "configs", "demo")
 
 

@@ -11,6 +11,8 @@ from scipy import ndimage
 from bigvl.data import sources
 from bigvl.data.shapes import PALETTE, SHAPES, Shapes
 
+pytestmark = pytest.mark.unit
+
 CAPTION = re.compile(r"^a (\w+) (\w+)(?: (above|below|left of|right of) a (\w+) (\w+))?\.$")
 
 

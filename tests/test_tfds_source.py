@@ -11,6 +11,8 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from bigvl.data import sources  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 NAMES = ["cat", "coffee", "rocket"]
 
 

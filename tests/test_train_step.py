@@ -3,9 +3,12 @@
 import jax
 import flax.linen as nn
 import numpy as np
+import pytest
 
 from bigvl import models, objectives, optim, sharding as sh, state as state_lib, step as step_lib
 from bigvl.data import digits, loader, tokenizer as tok_lib
+
+pytestmark = pytest.mark.integration
 
 
 def test_train_step_reduces_loss_on_fixed_batch(demo_config):

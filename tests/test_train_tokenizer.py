@@ -37,6 +37,7 @@ def _roundtrips(path, text):
   return tok
 
 
+@pytest.mark.unit
 def test_from_text_file(tmp_path, tool, capsys):
   (tmp_path / "c.txt").write_text("\n".join(CAPTIONS * 5) + "\n\n")
   out = tmp_path / "tok" / "t.model"
@@ -48,6 +49,7 @@ def test_from_text_file(tmp_path, tool, capsys):
   assert "longer than 8 tokens" in printed
 
 
+@pytest.mark.unit
 def test_from_shards(tmp_path, tool, capsys):
   from skimage import data as skdata
   rows = []
@@ -66,6 +68,7 @@ def test_from_shards(tmp_path, tool, capsys):
   _roundtrips(out, "a cup of coffee")
 
 
+@pytest.mark.unit
 def test_from_a_registered_source_and_errors(tmp_path, tool, capsys):
   out = str(tmp_path / "d.model")
   assert tool.main(["--out", out, "--vocab_size", "48", "--source", "digits",
@@ -80,6 +83,7 @@ def test_from_a_registered_source_and_errors(tmp_path, tool, capsys):
   assert "make_dataset" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_cli_runs_as_a_script(tmp_path):
   (tmp_path / "c.txt").write_text("\n".join(CAPTIONS) + "\n")
   proc = subprocess.run([sys.executable, TOOL, "--out", str(tmp_path / "t.model"),

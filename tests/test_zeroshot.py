@@ -1,8 +1,11 @@
 """The zero-shot evaluator's arithmetic on hand-made embeddings with a known answer."""
 
 import numpy as np
+import pytest
 
 from bigvl.evaluators.zeroshot import class_embeddings, topk_accuracy
+
+pytestmark = pytest.mark.unit
 
 
 def test_topk_accuracy_known_values():
