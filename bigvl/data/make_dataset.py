@@ -189,7 +189,7 @@ class Journal:
                          f"{os.path.join(out, split)}-*.array_record first.")
       journal = cls(path, config, [], False)
       # Written now: a later run with other arguments is refused even if this one crashes.
-      journal._rewrite()
+      journal.rewrite()
       return journal
     with open(path) as f:
       lines = f.read().splitlines()
@@ -213,14 +213,15 @@ class Journal:
     shards = [e for e in entries[1:] if "file" in e]
     journal = cls(path, config, shards, any(e.get("complete") for e in entries[1:]))
     if len(entries) < len(lines):
-      journal._rewrite()  # Drop the torn line before appending after it.
+      journal.rewrite()  # Drop the torn line before appending after it.
     if shards and not journal.complete:
       items = sum(s["items"] for s in shards)
       log.write(f"Resuming split {split!r} in {out}: {len(shards)} shards ({items} input "
                 f"items) already written; continuing from item {items}.\n")
     return journal
 
-  def _rewrite(self) -> None:
+  def rewrite(self) -> None:
+    """Writes the journal anew (atomically) from what this object holds."""
     head = {"version": JOURNAL_VERSION, "config": self.config}
     lines = [json.dumps(e) + "\n" for e in [head, *self.shards]]
     if self.complete:
