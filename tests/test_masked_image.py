@@ -137,7 +137,7 @@ def test_mae_loss_ignores_visible_patches():
     obj = Changed(mask_ratio=0.75)
     return jax.jit(lambda p: obj.loss(model, p, {"image": img}, rng)[0])(params)
 
-  loss = jax.jit(lambda p: base(model, p, {"image": img}, rng)[0])(params)
+  loss = jax.jit(lambda p: base.loss(model, p, {"image": img}, rng)[0])(params)
   assert float(with_target_change(~mask)) == float(loss)      # Visible patches: ignored.
   one_masked = np.zeros_like(mask)
   one_masked[0, np.flatnonzero(mask[0])[0]] = True
@@ -149,7 +149,7 @@ def test_mae_loss_ignores_visible_patches():
 def test_mae_loss_is_the_mse_to_per_patch_normalised_pixels():
   model, params, img = _mae_setup()
   rng = jax.random.PRNGKey(5)
-  loss, _ = objectives.build(dict(name="mae"))(model, params, {"image": img}, rng)
+  loss, _ = objectives.build(dict(name="mae")).loss(model, params, {"image": img}, rng)
   keep, mask = random_keep(jax.random.split(rng)[0], 4, 16, 0.75)
   pred = np.asarray(model.apply({"params": params}, img, keep), np.float64)
   t = np.asarray(patchify(img, 4), np.float64)
@@ -180,7 +180,7 @@ def test_simmim_loss_is_l1_on_masked_pixels_only():
   img = _images(4)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), img)["params"]
   rng = jax.random.PRNGKey(7)
-  loss, _ = objectives.build(dict(name="simmim", mask_ratio=0.6))(
+  loss, _ = objectives.build(dict(name="simmim", mask_ratio=0.6)).loss(
       model, params, {"image": img}, rng)
   _, mask = random_keep(jax.random.split(rng)[0], 4, 16, 0.6)
   pred = np.asarray(model.apply({"params": params}, img, mask), np.float64)
