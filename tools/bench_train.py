@@ -57,7 +57,6 @@ import flax.linen as nn  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from bigvl import config_lib, mfu as mfu_lib  # noqa: E402
-from bigvl import sharding as sh  # noqa: E402
 from bigvl import run as run_lib  # noqa: E402
 from bigvl import state as state_lib  # noqa: E402
 from bigvl.models import presets  # noqa: E402
