@@ -153,8 +153,14 @@ def test_kernels_write_every_output_element(causal, masked):
     assert not np.any(np.isnan(np.asarray(x))), name
 
 
-def test_default_is_interpret_on_cpu():
-  assert jax.default_backend() != "cpu" or fa.default_interpret()
+def test_default_follows_the_lowering_platform():
+  """interpret=None: on CPU the interpreter (plain HLO, no kernel custom call), equal to
+  interpret=True; tests/test_kernels_tpu.py checks the TPU and CUDA lowerings."""
+  q, k, v, _, mask = _inputs(1, 1, 9, 9, 1, 8, jnp.float32, True)
+  auto = jax.jit(lambda q, k, v, m: fa.flash_attention(q, k, v, mask=m, block_sizes=SMALL))
+  assert "custom_call" not in auto.lower(q, k, v, mask).as_text()
+  forced = fa.flash_attention(q, k, v, mask=mask, block_sizes=SMALL, interpret=True)
+  np.testing.assert_allclose(np.asarray(auto(q, k, v, mask)), np.asarray(forced), atol=1e-6)
 
 
 def test_pallas_accepts_4d_key_padding_and_rejects_other_masks():

@@ -3,7 +3,8 @@
 `jax.export` lowers for a platform other than the local one: with platforms=["cuda"] the
 pallas_calls go through the real Pallas -> Triton IR lowering (the step that rejects
 unsupported ops, non-power-of-two tiles and the like) and end up as Triton custom calls.
-Only the PTX compilation inside XLA, and of course speed, need the GPU.
+Only the PTX compilation inside XLA, and of course speed, need the GPU. `interpret=False`
+forces the Triton body; the default (None) picks it because the lowering is for "cuda".
 """
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
+from bigvl.kernels import attention as attention_lib
 from bigvl.kernels import contrastive_loss as cl
 from bigvl.kernels import flash_attention as fa
 
@@ -63,6 +65,24 @@ def test_losses_lower_to_triton(kind, dim):
   # Forward (sigmoid: 1 call, softmax: rows + columns) and the two gradient calls.
   assert module.count(TRITON) == (3 if kind == "sigmoid" else 4)
   assert f'name = "bigvl_{kind}_loss_bwd"' in module
+
+
+@pytest.mark.parametrize("kind", ["attention", "sigmoid", "softmax"])
+def test_default_dispatch_lowers_to_triton_for_cuda(kind):
+  """interpret=None (the default) follows the platform lowered for: Triton for "cuda"."""
+  if kind == "attention":
+    qs = jax.ShapeDtypeStruct((2, 100, 2, 64), jnp.bfloat16)
+    fn = jax.grad(lambda q: attention_lib.attention(q, q, q, causal=True, impl="pallas")
+                  .astype(jnp.float32).sum())
+    assert _cuda_module(fn, qs).count(TRITON) == 3
+    return
+  zs = jax.ShapeDtypeStruct((300, 64), jnp.bfloat16)
+  ss = jax.ShapeDtypeStruct((), jnp.float32)
+  loss = ((lambda x, y, t, b: cl.sigmoid_loss(x, y, t, b, impl="pallas")) if kind == "sigmoid"
+          else (lambda x, y, t, b: cl.softmax_loss(x, y, t, impl="pallas")))
+  module = _cuda_module(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), zs, zs, ss, ss)
+  assert module.count(TRITON) == (3 if kind == "sigmoid" else 4)
+  assert "tpu_custom_call" not in module
 
 
 def test_gpu_rejects_tiles_triton_cannot_hold():

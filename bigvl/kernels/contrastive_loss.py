@@ -11,6 +11,10 @@ second matrix is the same kernel with the two matrices swapped, since both losse
 symmetric under (zimg, ztxt) -> (ztxt, zimg) once the per-row and per-column statistics
 are swapped too.
 
+The Pallas body follows the platform the program is lowered for (`bigvl.kernels.platform`):
+the Triton kernels below on CUDA, the same kernels in the Pallas interpreter on CPU, and the
+Mosaic kernels of `bigvl.kernels.contrastive_loss_tpu` on TPU.
+
 Public API (impl: "xla" | "pallas"):
   sigmoid_loss_block(zimg, ztxt, t, b, *, positives)  sum of -log sigmoid(z * logits)
   sigmoid_loss(zimg, ztxt, t, b)                      SigLIP loss (block sum / n)
@@ -28,7 +32,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from bigvl.kernels.flash_attention import check_gpu_blocks, default_interpret
+from bigvl.kernels import contrastive_loss_tpu, loss_vjp
+from bigvl.kernels import platform
+from bigvl.kernels.flash_attention import check_gpu_blocks, triton_block_error
 
 IMPLS = ("xla", "pallas")
 
@@ -348,19 +354,19 @@ class _Plan:
 
 
 def prepare(kind: str, positives: bool, n: int, m: int, d: int,
-            block_sizes: BlockSizes | None, interpret: bool | None,
+            block_sizes: BlockSizes | None, interpret: bool,
             itemsize: int = 4) -> _Plan:
   """Block sizes and padded shapes of one loss call on zimg (n, d), ztxt (m, d).
 
   `kind`: "sigmoid" | "softmax"; `positives`: sigmoid pair (i, i) is positive; `itemsize`:
-  bytes per element (picks the default `block_d`). Returns a plan with `n_pad`, `m_pad`,
+  bytes per element (picks the default `block_d`); `interpret`: True for the interpreter
+  (any tile), False for Triton (tiles checked). Returns a plan with `n_pad`, `m_pad`,
   `d_pad` (the shapes `pad_to` makes) and the kernel configs `img` (rows = images) and `txt`
   (rows = texts) that `forward_call` / `backward_call` take.
   """
   bs = block_sizes or BlockSizes()
   if bs.block_d is None:
     bs = dataclasses.replace(bs, block_d=128 if itemsize <= 2 else 64)
-  interpret = default_interpret() if interpret is None else interpret
   if not interpret:
     check_gpu_blocks(dataclasses.asdict(bs))
   floor = 1 if interpret else 16      # tl.dot tiles are at least 16 wide.
@@ -378,78 +384,8 @@ def prepare(kind: str, positives: bool, n: int, m: int, d: int,
                txt=_Config(n_rows=m, n_cols=n, **common))
 
 
-def pad_to(z, rows: int, cols: int):
-  """z (r, c) zero-padded to (rows, cols), the kernels' block-padded input."""
-  return jnp.pad(z, ((0, rows - z.shape[0]), (0, cols - z.shape[1])))
-
-
-def scale_bias(t, b):
-  """Scalars t, b -> [t, b] float32 (2,): the `tb` operand of the kernels."""
-  return jnp.stack([jnp.asarray(t, jnp.float32).reshape(()),
-                    jnp.asarray(b, jnp.float32).reshape(())])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _sigmoid_sum(zimg, ztxt, t, b, plan: _Plan):
-  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
-  return jnp.sum(forward_call(x, y, scale_bias(t, b), plan.img))
-
-
-def _sigmoid_sum_fwd(zimg, ztxt, t, b, plan):
-  return _sigmoid_sum(zimg, ztxt, t, b, plan), (zimg, ztxt, t, b)
-
-
-def _sigmoid_sum_bwd(plan, res, ct):
-  zimg, ztxt, t, b = res
-  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
-  tb = scale_bias(t, b)
-  dx, gsum = backward_call(x, y, tb, plan.img)
-  dy, _ = backward_call(y, x, tb, plan.txt)
-  dx, dy = dx[:plan.n, :zimg.shape[1]], dy[:plan.m, :ztxt.shape[1]]
-  tf = jnp.asarray(t, jnp.float32)
-  # dL/dt = sum_ij g_ij <x_i, y_j> = sum_i <x_i, sum_j g_ij y_j>.
-  dt = ct * jnp.sum(zimg.astype(jnp.float32) * dx)
-  db = ct * jnp.sum(gsum)
-  return ((ct * tf * dx).astype(zimg.dtype), (ct * tf * dy).astype(ztxt.dtype),
-          dt.astype(jnp.result_type(t)).reshape(jnp.shape(t)),
-          db.astype(jnp.result_type(b)).reshape(jnp.shape(b)))
-
-
-_sigmoid_sum.defvjp(_sigmoid_sum_fwd, _sigmoid_sum_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _lse_pair(zimg, ztxt, t, plan: _Plan):
-  """(row logsumexp (n,), column logsumexp (m,)) of logits = t * zimg @ ztxt.T."""
-  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
-  tb = scale_bias(t, 0.0)
-  return (forward_call(x, y, tb, plan.img)[:plan.n], forward_call(y, x, tb, plan.txt)[:plan.m])
-
-
-def _lse_pair_fwd(zimg, ztxt, t, plan):
-  lse_r, lse_c = _lse_pair(zimg, ztxt, t, plan)
-  return (lse_r, lse_c), (zimg, ztxt, t, lse_r, lse_c)
-
-
-def _lse_pair_bwd(plan, res, cts):
-  zimg, ztxt, t, lse_r, lse_c = res
-  ct_r, ct_c = cts
-  x, y = pad_to(zimg, plan.n_pad, plan.d_pad), pad_to(ztxt, plan.m_pad, plan.d_pad)
-  tb = scale_bias(t, 0.0)
-  pad_n = lambda v: jnp.pad(v.astype(jnp.float32), (0, plan.n_pad - plan.n))
-  pad_m = lambda v: jnp.pad(v.astype(jnp.float32), (0, plan.m_pad - plan.m))
-  r = (pad_n(lse_r), pad_n(ct_r))
-  c = (pad_m(lse_c), pad_m(ct_c))
-  dx, _ = backward_call(x, y, tb, plan.img, stats=r + c)
-  dy, _ = backward_call(y, x, tb, plan.txt, stats=c + r)
-  dx, dy = dx[:plan.n, :zimg.shape[1]], dy[:plan.m, :ztxt.shape[1]]
-  tf = jnp.asarray(t, jnp.float32)
-  dt = jnp.sum(zimg.astype(jnp.float32) * dx)
-  return ((tf * dx).astype(zimg.dtype), (tf * dy).astype(ztxt.dtype),
-          dt.astype(jnp.result_type(t)).reshape(jnp.shape(t)))
-
-
-_lse_pair.defvjp(_lse_pair_fwd, _lse_pair_bwd)
+pad_to, scale_bias = loss_vjp.pad_to, loss_vjp.scale_bias
+_sigmoid_sum, _lse_pair = loss_vjp.custom_vjps(forward_call, backward_call)
 
 
 # ------------------------------------------------------------------------------------------
@@ -461,6 +397,39 @@ def _check(zimg, ztxt, impl):
     raise ValueError(f"Unknown loss impl {impl!r}; valid: {IMPLS}.")
   if zimg.ndim != 2 or ztxt.ndim != 2 or zimg.shape[1] != ztxt.shape[1]:
     raise ValueError(f"Expected zimg (n, d) and ztxt (m, d); got {zimg.shape}, {ztxt.shape}.")
+
+
+def _by_platform(triton_body, tpu_body, args, block_sizes, interpret):
+  """The loss body for the lowering platform (interpret None), else the Triton body
+  interpreted (True) or compiled (False). Tiles a platform cannot take are an error when
+  lowering for it, not when tracing the other platforms' branches."""
+  if interpret is not None:
+    return triton_body(*args, interpret=interpret)
+  scalar = lambda *_: jax.ShapeDtypeStruct((), jnp.float32)
+  cuda_error = triton_block_error(dataclasses.asdict(block_sizes or BlockSizes()))
+  tpu_error = contrastive_loss_tpu.block_error(block_sizes)
+  return platform.by_platform(
+      *args,
+      cpu=functools.partial(triton_body, interpret=True),
+      cuda=(platform.unsupported(cuda_error, like=scalar) if cuda_error
+            else functools.partial(triton_body, interpret=False)),
+      tpu=(platform.unsupported(tpu_error, like=scalar) if tpu_error
+           else functools.partial(tpu_body, block_sizes=block_sizes, interpret=False)))
+
+
+def _sigmoid_block_triton(zimg, ztxt, t, b, *, positives, block_sizes, interpret):
+  plan = prepare("sigmoid", positives, zimg.shape[0], ztxt.shape[0], zimg.shape[1],
+                 block_sizes, interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
+  return _sigmoid_sum(zimg, ztxt, t, b, plan)
+
+
+def _softmax_triton(zimg, ztxt, t, *, block_sizes, interpret):
+  plan = prepare("softmax", True, zimg.shape[0], ztxt.shape[0], zimg.shape[1], block_sizes,
+                 interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
+  lse_r, lse_c = _lse_pair(zimg, ztxt, t, plan)
+  # The positive logits are O(n d): plain JAX, differentiated by autodiff.
+  diag = t * jnp.einsum("id,id->i", zimg, ztxt, preferred_element_type=jnp.float32)
+  return 0.5 * (jnp.mean(lse_r - diag) + jnp.mean(lse_c - diag))
 
 
 def sigmoid_loss_block(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array, *,
@@ -476,7 +445,10 @@ def sigmoid_loss_block(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Ar
     zimg: (n, d); ztxt: (m, d) (n == m when positives); t, b: scalars.
     positives: whether pair (i, i) is positive.
     impl: "xla" (dense reference) | "pallas" (blockwise kernel; no (n, m) buffer).
-    block_sizes, interpret: kernel options (impl="pallas"); interpret None = on CPU.
+    block_sizes: tiles of impl="pallas" (the TPU body needs block_rows % 8 == 0 and
+      block_cols % 128 == 0 and ignores block_d).
+    interpret: None = by the platform lowered for (CPU: interpreter, CUDA: Triton, TPU:
+      Mosaic); True / False = the Triton body interpreted / compiled, anywhere.
   Returns:
     Scalar float32: -sum_ij log sigmoid(z_ij * (t * <zimg_i, ztxt_j> + b)).
   """
@@ -486,9 +458,11 @@ def sigmoid_loss_block(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Ar
   if positives and zimg.shape[0] != ztxt.shape[0]:
     raise ValueError(f"positives=True needs as many images as texts; got {zimg.shape[0]} "
                      f"and {ztxt.shape[0]}.")
-  plan = prepare("sigmoid", positives, zimg.shape[0], ztxt.shape[0], zimg.shape[1],
-                 block_sizes, interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
-  return _sigmoid_sum(zimg, ztxt, t, b, plan)
+  return _by_platform(functools.partial(_sigmoid_block_triton, positives=positives,
+                                       block_sizes=block_sizes),
+                      functools.partial(contrastive_loss_tpu.sigmoid_loss_block,
+                                        positives=positives),
+                      (zimg, ztxt, t, b), block_sizes, interpret)
 
 
 def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array, *,
@@ -498,6 +472,7 @@ def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array, *
 
   Args:
     zimg, ztxt: (n, d); pairs (i, i) positive. t, b: scalars.
+    impl, block_sizes, interpret: as `sigmoid_loss_block`.
   Returns:
     Scalar float32.
   """
@@ -516,6 +491,7 @@ def softmax_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, *, impl: str = 
   Args:
     zimg, ztxt: (n, d), row i of each a positive pair. t: scalar.
     impl: "xla" | "pallas" (row and column logsumexps blockwise, custom VJP).
+    block_sizes, interpret: as `sigmoid_loss_block`.
   Returns:
     Scalar float32.
   """
@@ -525,9 +501,5 @@ def softmax_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, *, impl: str = 
   if zimg.shape[0] != ztxt.shape[0]:
     raise ValueError(f"softmax_loss needs paired rows; got {zimg.shape[0]} images and "
                      f"{ztxt.shape[0]} texts.")
-  plan = prepare("softmax", True, zimg.shape[0], ztxt.shape[0], zimg.shape[1], block_sizes,
-                 interpret, itemsize=max(zimg.dtype.itemsize, ztxt.dtype.itemsize))
-  lse_r, lse_c = _lse_pair(zimg, ztxt, t, plan)
-  # The positive logits are O(n d): plain JAX, differentiated by autodiff.
-  diag = t * jnp.einsum("id,id->i", zimg, ztxt, preferred_element_type=jnp.float32)
-  return 0.5 * (jnp.mean(lse_r - diag) + jnp.mean(lse_c - diag))
+  return _by_platform(functools.partial(_softmax_triton, block_sizes=block_sizes),
+                      contrastive_loss_tpu.softmax_loss, (zimg, ztxt, t), block_sizes, interpret)

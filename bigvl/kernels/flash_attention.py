@@ -10,8 +10,11 @@ accumulates dK, dV over the queries, one program per query block accumulates dQ 
 keys; neither ever holds a (q_len, kv_len) matrix.
 
 Lowering: Triton on GPU (`pl.pallas_call` with a grid and BlockSpecs, Triton
-`CompilerParams`), the HLO interpreter on CPU (`interpret=True`, chosen automatically when
-the default backend is CPU). TPU is not wired: see docs/kernels.md.
+`CompilerParams`), the HLO interpreter on CPU (`interpret=True`). With `interpret=None`
+the choice follows the platform the program is lowered for (`bigvl.kernels.platform`),
+not the host's default backend. These kernels have no TPU body: on TPU,
+`bigvl.kernels.attention.attention(impl="pallas")` runs splash attention instead
+(`bigvl.kernels.splash_attention`).
 
 Semantics equal `bigvl.kernels.attention.attention_reference` exactly, including rows
 whose every key is masked (they average all `kv_len` values, as the reference's
@@ -28,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+
+from bigvl.kernels import platform
 
 # Logit of a key the caller masked (causal or padding mask): the reference's value, so a
 # row with no visible key degenerates to the same uniform average as the reference.
@@ -385,25 +390,25 @@ def _fit(block: int, length: int, floor: int) -> int:
   return max(min(block, pl.next_power_of_2(length)), min(floor, block))
 
 
-def check_gpu_blocks(blocks: dict[str, int]) -> None:
-  """Compiled (non-interpret) kernels target Triton, whose loads, stores and dots need
-  power-of-two tiles of at least 16."""
-  if jax.default_backend() == "tpu":
-    raise NotImplementedError("The bigvl Pallas kernels lower to Triton (GPU) only; on TPU use "
-                              "impl='xla' (see docs/kernels.md, 'TPU').")
+def triton_block_error(blocks: dict[str, int | None]) -> str | None:
+  """Why these tiles cannot lower to Triton (whose loads, stores and dots need power-of-two
+  tiles of at least 16), or None when they can."""
   bad = {k: v for k, v in blocks.items() if v is not None and (v < 16 or v & (v - 1))}
   if bad:
-    raise ValueError(f"Pallas GPU (Triton) tiles must be powers of two >= 16; got {bad}. "
-                     "Smaller or odd tiles only work with interpret=True.")
+    return (f"Pallas GPU (Triton) tiles must be powers of two >= 16; got {bad}. "
+            "Smaller or odd tiles only work with interpret=True.")
+  return None
+
+
+def check_gpu_blocks(blocks: dict[str, int | None]) -> None:
+  """Raises ValueError if the compiled (Triton) kernels cannot take these tiles."""
+  message = triton_block_error(blocks)
+  if message:
+    raise ValueError(message)
 
 
 def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
-
-
-def default_interpret() -> bool:
-  """Pallas runs through its interpreter when the default backend is the CPU."""
-  return jax.default_backend() == "cpu"
 
 
 def default_block_sizes(head_dim: int, itemsize: int) -> BlockSizes:
@@ -415,15 +420,13 @@ def default_block_sizes(head_dim: int, itemsize: int) -> BlockSizes:
 
 
 def prepare(q_shape, kv_len: int, *, causal: bool, has_mask: bool,
-            block_sizes: BlockSizes | None, interpret: bool | None,
+            block_sizes: BlockSizes | None, interpret: bool,
             num_warps: int | None = None, itemsize: int = 4):
-  """Resolves block sizes and padded lengths; returns (cfg, lq_pad, lk_pad, d_pad)."""
+  """Resolves block sizes and padded lengths; returns (cfg, lq_pad, lk_pad, d_pad).
+
+  `interpret`: True for the interpreter (any tile), False for Triton (tiles checked)."""
   _, lq, _, d = q_shape
-  bs = block_sizes or BlockSizes()
-  auto = default_block_sizes(d, itemsize)
-  bs = BlockSizes(**{f: getattr(bs, f) or getattr(auto, f)
-                     for f in ("block_q", "block_k", "block_q_bwd", "block_k_bwd")})
-  interpret = default_interpret() if interpret is None else interpret
+  bs = BlockSizes(**resolved_blocks(d, itemsize, block_sizes))
   if not interpret:
     check_gpu_blocks(dataclasses.asdict(bs))
   # tl.dot needs tiles of at least 16 on GPU; the interpreter takes anything.
@@ -440,6 +443,33 @@ def prepare(q_shape, kv_len: int, *, causal: bool, has_mask: bool,
   return cfg, lq_pad, lk_pad, d_pad
 
 
+def _padded_attention(q, k, v, mask, *, causal, block_sizes, interpret, num_warps):
+  """Pads to the tiles, runs the kernels (interpreted or Triton), slices back."""
+  b, lq, h, d = q.shape
+  lk = k.shape[1]
+  cfg, lq_pad, lk_pad, d_pad = prepare(q.shape, lk, causal=causal, has_mask=mask is not None,
+                                       itemsize=q.dtype.itemsize,
+                                       block_sizes=block_sizes, interpret=interpret,
+                                       num_warps=num_warps)
+  pad_q = ((0, 0), (0, lq_pad - lq), (0, 0), (0, d_pad - d))
+  pad_kv = ((0, 0), (0, lk_pad - lk), (0, 0), (0, d_pad - d))
+  qp, kp, vp = jnp.pad(q, pad_q), jnp.pad(k, pad_kv), jnp.pad(v, pad_kv)
+  kv_mask = None
+  if mask is not None:
+    kv_mask = jnp.pad(mask.astype(jnp.int32), ((0, 0), (0, lk_pad - lk)))
+  o = _flash(qp, kp, vp, kv_mask, cfg)
+  return o[:, :lq, :, :d]
+
+
+def resolved_blocks(head_dim: int, itemsize: int,
+                    block_sizes: BlockSizes | None) -> dict[str, int]:
+  """The four tiles the kernels use before clipping: given ones, else the defaults."""
+  bs = block_sizes or BlockSizes()
+  auto = default_block_sizes(head_dim, itemsize)
+  return {f: getattr(bs, f) or getattr(auto, f)
+          for f in ("block_q", "block_k", "block_q_bwd", "block_k_bwd")}
+
+
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                     mask: jax.Array | None = None, causal: bool = False,
                     block_sizes: BlockSizes | None = None, interpret: bool | None = None,
@@ -452,7 +482,10 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     mask: None or a key-padding mask, bool (batch, kv_len), True = attend.
     causal: query i attends to keys j <= i (aligned at the start, as the reference).
     block_sizes: tile sizes (defaults 128 forward, 64 backward); tests use small ones.
-    interpret: run the Pallas interpreter; None = when the default backend is CPU.
+    interpret: True = the Pallas interpreter, False = the Triton kernels; None = by the
+      platform lowered for: the interpreter on CPU, Triton on CUDA; lowering for TPU is an
+      error (use `attention(impl="pallas")`, which runs splash attention there). Tiles
+      Triton cannot take fail when lowering for CUDA, not before.
     num_warps: Triton warps per program; None = 4 for head_dim <= 64, else 8.
 
   Returns:
@@ -470,15 +503,25 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   if mask is not None and mask.shape != (b, lk):
     raise ValueError(f"flash_attention takes a key-padding mask of shape (batch, kv_len) = "
                      f"{(b, lk)}; got {mask.shape}. Use impl='xla' for general masks.")
-  cfg, lq_pad, lk_pad, d_pad = prepare(q.shape, lk, causal=causal, has_mask=mask is not None,
-                                       itemsize=q.dtype.itemsize,
-                                       block_sizes=block_sizes, interpret=interpret,
-                                       num_warps=num_warps)
-  pad_q = ((0, 0), (0, lq_pad - lq), (0, 0), (0, d_pad - d))
-  pad_kv = ((0, 0), (0, lk_pad - lk), (0, 0), (0, d_pad - d))
-  qp, kp, vp = jnp.pad(q, pad_q), jnp.pad(k, pad_kv), jnp.pad(v, pad_kv)
-  kv_mask = None
-  if mask is not None:
-    kv_mask = jnp.pad(mask.astype(jnp.int32), ((0, 0), (0, lk_pad - lk)))
-  o = _flash(qp, kp, vp, kv_mask, cfg)
-  return o[:, :lq, :, :d]
+  run = functools.partial(_padded_attention, causal=causal, block_sizes=block_sizes,
+                          num_warps=num_warps)
+  if interpret is not None:
+    return run(q, k, v, mask, interpret=interpret)
+  return platform.by_platform(q, k, v, mask, **gpu_and_cpu_branches(
+      run, block_error=triton_block_error(resolved_blocks(d, q.dtype.itemsize, block_sizes))),
+      tpu=platform.unsupported(
+          "bigvl.kernels.flash_attention is the Triton kernel and has no TPU body; use "
+          "bigvl.kernels.attention.attention(impl='pallas'), which runs splash attention on "
+          "TPU.", like=_shape_like))
+
+
+def _shape_like(q, k, v, mask):
+  return jax.ShapeDtypeStruct(q.shape, q.dtype)
+
+
+def gpu_and_cpu_branches(run, *, block_error: str | None) -> dict:
+  """The cpu (interpreter) and cuda (Triton, or a lowering error naming the bad tiles)
+  branches of `platform.by_platform` for a `run(q, k, v, mask, *, interpret)`."""
+  cuda = (functools.partial(run, interpret=False) if block_error is None
+          else platform.unsupported(block_error, like=_shape_like))
+  return dict(cpu=functools.partial(run, interpret=True), cuda=cuda)
