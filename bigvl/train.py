@@ -8,6 +8,7 @@ Re-running the same command on the same workdir resumes from its newest checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from bigvl import atomic_file, init_from, model_card
 from bigvl import checkpoint as ckpt_lib
 from bigvl import config_lib, metrics as metrics_lib
 from bigvl import mfu as mfu_lib
+from bigvl import model_flops as model_flops_lib
 from bigvl import run as run_lib
 from bigvl import state as state_lib
 from bigvl.data import loader, run_tokenizer
@@ -69,12 +71,19 @@ class _Preemption:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
   os.makedirs(workdir, exist_ok=True)
+  with compilation_cache(compilation_cache_dir(config, workdir)):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   run = run_lib.build(config, workdir)
   config, is_main = run.config, jax.process_index() == 0
   if is_main:
     atomic_file.write(os.path.join(workdir, "config.json"), config.to_json(indent=2))
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                keep_every=config.keep_every)
+  # Counted before the mesh is set: global shapes, outside any shard_map (traced, nothing run).
+  model_flops, flops_line = _count_model_flops(run) if is_main else (None, "")
   with run.context(), _Preemption() as preemption:
     state, shardings = run.create_state()
     state, start_step = _resume_or_init(run, ckpt, state, shardings)
@@ -82,8 +91,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       print(f"bigvl: {jax.device_count()} devices in {jax.process_count()} process(es), "
             f"mesh {dict(run.mesh.shape)}, {state_lib.param_count(state.params):,} params, "
             f"workdir {workdir}", flush=True)
-    step_fn, flops = run.compile_step(state, shardings)
-    log = _Logger(run, workdir, start_step, flops, enabled=is_main)
+      print(flops_line, flush=True)
+    step_fn, flops = _compile(run, state, shardings, is_main)
+    log = _Logger(run, workdir, start_step, flops, model_flops, enabled=is_main)
     it = _train_iterator(run, ckpt, start_step)
     step = start_step
     try:
@@ -121,8 +131,138 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return log.last
 
 
+def rate_metrics(steps_per_sec: float, batch_size: int, model_flops_per_step: float | None,
+                 compiled_flops_per_device: float | None, peak: float | None,
+                 devices: int) -> dict[str, float]:
+  """The speed metrics of a train row.
+
+  train/steps_per_sec, train/examples_per_sec (global batch x rate);
+  train/tflops_per_device: XLA's FLOPs of one device's compiled step x rate (what ran:
+    remat recomputation included, Pallas kernels 0);
+  train/mfu: model FLOPs of the global step (bigvl/model_flops.py) x rate / (peak x devices);
+  train/hfu: XLA's per-device FLOPs x rate / peak. Each only when its FLOPs (and the peak,
+  config.peak_tflops or the device table; none on CPU) are known.
+  """
+  m = {"train/steps_per_sec": steps_per_sec, "train/examples_per_sec": steps_per_sec * batch_size}
+  if compiled_flops_per_device:
+    m["train/tflops_per_device"] = steps_per_sec * compiled_flops_per_device / 1e12
+  mfu = mfu_lib.utilization(model_flops_per_step, steps_per_sec, peak, devices)
+  if mfu is not None:
+    m["train/mfu"] = mfu
+  hfu = mfu_lib.utilization(compiled_flops_per_device, steps_per_sec, peak, 1)
+  if hfu is not None:
+    m["train/hfu"] = hfu
+  return m
+
+
+def _count_model_flops(run):
+  """(run's ModelFlops, a line for the log); (None, a warning) if they cannot be counted,
+  e.g. a loss with a while loop of matmuls: only train/mfu is lost."""
+  try:
+    flops = model_flops_lib.of_run(run)
+  except Exception as e:  # A metric must never stop training.
+    return None, (f"warning: model FLOPs not counted, train/mfu is not logged "
+                  f"({type(e).__name__}: {e})")
+  return flops, (f"model FLOPs: {flops.per_step:.4g} per step, {flops.per_example:.4g} per "
+                 "example (forward + backward, no recomputation)")
+
+
+# ------------------------------------------------------------------------------------------
+# Persistent compilation cache.
+
+CACHE_DIR_NAME = ".bigvl_compilation_cache"
+
+
+def compilation_cache_dir(config, workdir: str) -> str | None:
+  """Where `config.compilation_cache_dir` puts jax's persistent compilation cache: "auto"
+  (the default) -> `<parent of workdir>/.bigvl_compilation_cache`, shared by the runs beside
+  this one; "" -> None (off); anything else is the directory itself."""
+  value = config_lib.with_defaults(config).compilation_cache_dir
+  if not value:
+    return None
+  if value == "auto":
+    parent = os.path.dirname(os.path.abspath(workdir.rstrip(os.sep)))
+    return os.path.join(parent, CACHE_DIR_NAME)
+  return os.path.abspath(os.path.expanduser(value))
+
+
+# (jax option, value while the loop runs): cache every program that took >= 0.1 s to compile
+# (jax's default, 1 s, misses most CPU programs; eager one-op programs stay out), of any size.
+CACHE_OPTIONS = (("jax_persistent_cache_min_compile_time_secs", 0.1),
+                 ("jax_persistent_cache_min_entry_size_bytes", -1))
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str | None):
+  """jax's persistent compilation cache in `path` (None: off) while the block runs; jax's
+  previous settings after it. The cache keys on the program, options and jax version, so a
+  second start of the same config loads its compiled programs instead of compiling them."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  names = ("jax_compilation_cache_dir",) + tuple(n for n, _ in CACHE_OPTIONS)
+  previous = {n: getattr(jax.config, n) for n in names}
+  if path is not None:
+    os.makedirs(path, exist_ok=True)
+  for name, value in (("jax_compilation_cache_dir", path),) + CACHE_OPTIONS:
+    jax.config.update(name, value)
+  cc.reset_cache()  # jax reads the directory once per process: make it read this one.
+  try:
+    yield path
+  finally:
+    for name, value in previous.items():
+      jax.config.update(name, value)
+    cc.reset_cache()
+
+
+class CacheHits:
+  """Counts jax's persistent-cache hits and lookups of the compilations inside the block.
+
+      with CacheHits() as hits:
+        compiled = jax.jit(f).lower(x).compile()
+      hits.hits, hits.requests, hits.describe()
+  """
+  HIT = "/jax/compilation_cache/cache_hits"
+  REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
+
+  def __init__(self):
+    self.hits = self.requests = 0
+    self.path = None
+
+  def _on_event(self, event: str, **kwargs) -> None:
+    if event == self.HIT:
+      self.hits += 1
+    elif event == self.REQUEST:
+      self.requests += 1
+
+  def __enter__(self):
+    self.path = jax.config.jax_compilation_cache_dir  # The cache these compilations use.
+    jax.monitoring.register_event_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_listener(self._on_event)
+
+  def describe(self) -> str:
+    """"persistent compilation cache hit: ..." / "... miss" / "... off", for the log."""
+    if not self.path:
+      return "persistent compilation cache off"
+    if self.hits:
+      return f"persistent compilation cache hit: loaded from {self.path}"
+    return f"persistent compilation cache miss: compiled, saved to {self.path}"
+
+
 def _every(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
+
+
+def _compile(run, state, shardings, is_main: bool):
+  """run.compile_step, timed; logs how long it took and whether it came from the cache."""
+  with CacheHits() as hits:
+    t0 = time.perf_counter()
+    step_fn, flops = run.compile_step(state, shardings)
+    seconds = time.perf_counter() - t0
+  if is_main:
+    print(f"compiled the train step in {seconds:.2f}s ({hits.describe()})", flush=True)
+  return step_fn, flops
 
 
 def _resume_or_init(run, ckpt, state, shardings):
@@ -143,10 +283,13 @@ def _resume_or_init(run, ckpt, state, shardings):
 class _Logger:
   """The loop's metrics: progress lines, metrics.jsonl / TensorBoard rows, eval lines."""
 
-  def __init__(self, run, workdir: str, start_step: int, flops, enabled: bool):
+  def __init__(self, run, workdir: str, start_step: int, flops, model_flops, enabled: bool):
     self.run, self.flops = run, flops
+    self.model_flops = model_flops.per_step if model_flops is not None else None
     self.batch_size = run.config.batch_size
-    self.peak = mfu_lib.peak_tflops(run.config.peak_tflops)
+    self.peak = mfu_lib.peak_tflops(run.config.peak_tflops,
+                                    dtype=run.config.model.get("dtype", "float32"))
+    self.devices = jax.device_count()
     self.writer = metrics_lib.run_writers(workdir, enabled=enabled)
     self.progress = metrics_lib.Progress(run.config.total_steps, start_step, enabled=enabled)
     self.enabled = enabled
@@ -165,12 +308,8 @@ class _Logger:
       counts = np.asarray(jax.device_get(self.window))
       m.update({f"data/source_examples/{n}": float(c) for n, c in zip(self.sources, counts)})
       self.window = None
-    m["train/steps_per_sec"] = sps = self.progress.rate(step)
-    m["train/examples_per_sec"] = sps * self.batch_size
-    if self.flops:
-      m["train/tflops_per_device"] = sps * self.flops / 1e12
-      if self.peak:
-        m["train/mfu"] = m["train/tflops_per_device"] / self.peak
+    m.update(rate_metrics(self.progress.rate(step), self.batch_size, self.model_flops,
+                          self.flops, self.peak, self.devices))
     self.writer.write(step, m)
     self.progress.line(step, m)
     self.last.update(m)
