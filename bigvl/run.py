@@ -30,7 +30,7 @@ from bigvl import mfu as mfu_lib
 from bigvl import sharding as sh
 from bigvl import state as state_lib
 from bigvl import step as step_lib
-from bigvl.data import loader, run_tokenizer
+from bigvl.data import loader, run_tokenizer, transforms
 from bigvl.data.tokenizer import Tokenizer
 
 # Model options named here, left None in the config, get the id of that tokenizer piece.
@@ -48,7 +48,9 @@ class ScheduledEval:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What a config builds into. Shapes: `batch_spec` holds one global batch's
-  ShapeDtypeStructs (leading dim config.batch_size)."""
+  ShapeDtypeStructs (leading dim config.batch_size) as the host sends it (images uint8 when
+  `input_transform` normalises them on the device); `input_spec()` is what the model and
+  the objective see."""
   config: Any                       # The resolved ConfigDict (defaults, vocab size filled in).
   workdir: str
   mesh: jax.sharding.Mesh
@@ -62,6 +64,14 @@ class Run:
   batch_spec: dict                  # {field: ShapeDtypeStruct (B, ...)} of the model inputs.
   source_names: tuple[str, ...]     # Training sources (mixture components), in loader order.
   evals: dict[str, ScheduledEval]
+  # The pp's value_range/normalize tail that runs in the train step (config.data.
+  # device_normalize; empty: none): uint8 fields of batch_spec -> float32 model inputs.
+  input_transform: transforms.DeviceTransform = transforms.DeviceTransform()
+
+  def input_spec(self) -> dict:
+    """{field: ShapeDtypeStruct (B, ...)} of the model inputs: `batch_spec` after
+    `input_transform` (float32 images where the batch carries uint8)."""
+    return jax.eval_shape(self.input_transform, self.batch_spec)
 
   @contextlib.contextmanager
   def context(self):
@@ -71,7 +81,7 @@ class Run:
 
   def state_init(self) -> Callable[[jax.Array], state_lib.TrainState]:
     """key -> TrainState (unjitted)."""
-    return state_lib.init_fn(self.model, self.objective, self.optimizer, self.batch_spec)
+    return state_lib.init_fn(self.model, self.objective, self.optimizer, self.input_spec())
 
   def abstract_state(self):
     """(abstract TrainState of ShapeDtypeStructs, its shardings): nothing is allocated."""
@@ -79,7 +89,7 @@ class Run:
 
   def create_state(self):
     """(TrainState at init, its shardings), each array created directly in its shards."""
-    return state_lib.create(self.model, self.objective, self.optimizer, self.batch_spec,
+    return state_lib.create(self.model, self.objective, self.optimizer, self.input_spec(),
                             self.config.seed, self.mesh, self.rules)
 
   def batch_shardings(self) -> dict:
@@ -102,7 +112,8 @@ class Run:
         functools.partial(step_lib.train_step, model=self.model, objective=self.objective,
                           tx=self.optimizer, schedule=self.schedule,
                           grad_accum_steps=self.config.grad_accum_steps,
-                          num_sources=len(self.source_names)),
+                          num_sources=len(self.source_names),
+                          input_transform=self.input_transform or None),
         in_shardings=(state_shardings, self.batch_shardings(), info_shardings),
         out_shardings=(state_shardings, NamedSharding(self.mesh, P())),
         donate_argnums=(0,))
@@ -130,7 +141,7 @@ class Run:
         c.data.train, batch_size=c.batch_size, seed=c.seed, start_step=start_step,
         context=self.pp_context, workers=c.data.workers, prefetch=c.data.prefetch,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        on_corrupt=c.data.on_corrupt, state=grain_state)
+        on_corrupt=c.data.on_corrupt, state=grain_state, device_ops=c.data.device_normalize)
 
   def eval_params(self, state: state_lib.TrainState):
     """The params evaluators see: the objective's `eval_params` hook, else `state.params`."""
@@ -209,15 +220,14 @@ def build(config, workdir: str | None) -> Run:
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps,
                                         frozen=getattr(objective, "frozen_params", ""))
     context = dict(tokenizer=tokenizer, text_len=config.data.text_len)
-    train_ds = loader.train_dataset(config.data.train, batch_size=config.batch_size,
-                                    seed=config.seed, context=context,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    on_corrupt=config.data.on_corrupt)
+    train_ds, input_transform = loader.train_pipeline(
+        config.data.train, batch_size=config.batch_size, seed=config.seed, context=context,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        on_corrupt=config.data.on_corrupt, device_ops=config.data.device_normalize)
     local = train_ds[0].inputs
     batch_spec = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
                   for k, v in local.items()}
-    init = state_lib.init_fn(model, objective, tx, batch_spec)
+    init = state_lib.init_fn(model, objective, tx, jax.eval_shape(input_transform, batch_spec))
     state_lib.abstract(init, config.seed, mesh, rules)  # Traces the model: shape errors now.
     ctx = eval_lib.EvalContext(model=model, tokenizer=tokenizer, text_len=config.data.text_len,
                                mesh=mesh, rules=rules, process_index=jax.process_index(),
@@ -233,7 +243,7 @@ def build(config, workdir: str | None) -> Run:
   return Run(config=config, workdir=workdir, mesh=mesh, rules=rules, model=model,
              objective=objective, optimizer=tx, schedule=schedule, tokenizer=tokenizer,
              pp_context=context, batch_spec=batch_spec, source_names=source_names,
-             evals=evals)
+             evals=evals, input_transform=input_transform)
 
 
 def empty_data_info(run: Run) -> step_lib.DataInfo:

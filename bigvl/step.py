@@ -3,6 +3,8 @@ the loop."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -75,10 +77,15 @@ def _loss_fn(objective, model, rng, objective_state):
 
 
 def train_step(state: TrainState, batch: dict, data_info: DataInfo | None = None, *, model, objective, tx,
-               schedule, grad_accum_steps: int = 1, num_sources: int = 1):
+               schedule, grad_accum_steps: int = 1, num_sources: int = 1,
+               input_transform: Callable[[dict], dict] | None = None):
   """Returns (new_state, StepResult).
 
-  batch: the model inputs, global arrays with leading dimension config.batch_size.
+  batch: the model inputs, global arrays with leading dimension config.batch_size, as the
+    host sent them (images uint8 when the pp's value_range/normalize runs here).
+  input_transform: batch -> batch, the end of the pp that runs on the device
+    (`transforms.DeviceTransform`: uint8 (B, ..., C) -> float32), before anything else sees
+    the batch. None: the batch is the model input as it is.
   data_info: the loader's bookkeeping of the same rows (unreadable examples replaced,
     source of each row); never seen by the objective. None: no row skipped, all from
     source 0 (tests, benchmarks).
@@ -89,6 +96,9 @@ def train_step(state: TrainState, batch: dict, data_info: DataInfo | None = None
   objective state; it is counted in `skipped_steps`, and the first one is recorded so that
   the loop can stop (config.nonfinite="stop") naming it.
   """
+  if input_transform is not None:
+    # Before the micro-batch split, so that the objective sees what the host path gives.
+    batch = input_transform(batch)
   rng = jax.random.fold_in(state.rng, state.step)
   if data_info is None:
     rows = jax.tree.leaves(batch)[0].shape[0]

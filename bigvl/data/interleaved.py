@@ -15,6 +15,8 @@ seeded with (seed, i), so a record is the same on every read and every host.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from bigvl.data import transforms
@@ -66,12 +68,27 @@ class Interleaved:
 
 @PP_OPS.register("each_image")
 def each_image(spec: str, key: str = "images"):
-  """Runs the pp `spec` on every image of the list `ex[key]` and stacks them: (k, h, w, c)."""
-  sub = transforms.build(spec)
+  """Runs the pp `spec` on every image of the list `ex[key]` and stacks them: (k, h, w, c).
 
-  def op(ex, rng):
-    ex[key] = np.stack([sub({"image": img}, rng)["image"] for img in ex[key]])
-    return ex
+  A value_range/normalize ending `spec` may run on the device on the stacked field, as at the
+  top level (`transforms.split_device_tail` reads the op's `device_split`)."""
+  sub_ops = transforms.build_ops(spec)
+
+  def make(ops):
+    sub = transforms.chain(ops)
+
+    def op(ex, rng):
+      ex[key] = np.stack([sub({"image": img}, rng)["image"] for img in ex[key]])
+      return ex
+    op.touches = frozenset([key])
+    return op
+
+  op = make(sub_ops)
+  host_ops, deferred = transforms.split_device_tail(sub_ops)
+  if set(deferred) <= {"image"}:  # Ops on other fields of the sub-example have no batch field.
+    # Re-keyed to the stacked field: elementwise, so the same map on (k, h, w, c).
+    affines = tuple(dataclasses.replace(a, key=key) for a in deferred.get("image", ()))
+    op.device_split = transforms.DeviceSplit(key, make(host_ops), affines)
   return op
 
 
@@ -80,6 +97,7 @@ def interleave_text(key: str = "texts", out: str = "text", image: str = IMAGE,
                     end: str = END_OF_CHUNK):
   """One caption per example (random in training, the first when evaluating), each after
   an image marker and before an end-of-chunk marker, joined into one string."""
+  @transforms.touches(key, out)
   def op(ex, rng):
     caps = [t[0] if rng is None else t[int(rng.integers(len(t)))] for t in ex[key]]
     ex[out] = "".join(f"{image}{c}{end}" for c in caps)

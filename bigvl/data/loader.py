@@ -106,15 +106,22 @@ class Stream:
   `train_cfg` is one source (`{name, split?, pp, ...options}`) or a mixture
   (`{mixture: {label: {name, weight, pp?, ...}}, pp}`: each component's own pp, then the
   shared pp). `source_names`: the sources' labels, in the order of `LoaderBatch.source`.
+
+  `device_ops=True`: a value_range/normalize at the end of the (shared) pp, on a field that
+  is uint8 there, is left out (`transforms.split_device_tail`): that field stays uint8 and
+  `device_transform` is what the train step applies to it. Whether the field is uint8 is
+  read off element 0; a later element where it is not raises (no batch mixes the two).
   """
 
-  def __init__(self, train_cfg, *, seed: int, context: dict, on_corrupt: str = "skip"):
+  def __init__(self, train_cfg, *, seed: int, context: dict, on_corrupt: str = "skip",
+               device_ops: bool = False):
     cfg = train_cfg.to_dict() if hasattr(train_cfg, "to_dict") else dict(train_cfg)
     if on_corrupt not in ("skip", "error"):
       raise ValueError(f"config.data.on_corrupt={on_corrupt!r}; valid: skip, error.")
     self.on_corrupt = on_corrupt
     self.seed = seed
-    self.pp = transforms.build(cfg.get("pp", ""), **context)
+    ops = transforms.build_ops(cfg.get("pp", ""), **context)
+    self.pp = transforms.chain(ops)
     configs = source_configs(cfg)
     self.components = [_Component(label, c, context, seed + i)
                        for i, (label, c) in enumerate(configs)]
@@ -127,6 +134,36 @@ class Stream:
       self.examples = grain.MapDataset.mix(tagged, weights)
     else:
       self.examples = self.components[0].examples.map(lambda ex: (0, ex))
+    self.device_transform = transforms.DeviceTransform()
+    if device_ops:
+      host_ops, deferred = transforms.split_device_tail(ops)
+      if deferred:
+        self._defer(host_ops, deferred)
+
+  def _defer(self, host_ops, deferred: dict) -> None:
+    """Runs the host part of the pp only, for the deferred fields that element 0 has as
+    uint8; the affines of any other deferred field go back on the host, at the end."""
+    full = self.pp
+    self.pp = transforms.chain(host_ops)
+    probe, _, _ = self.example(0)
+    on_device = {k: v for k, v in deferred.items()
+                 if k in probe and np.asarray(probe[k]).dtype == np.uint8}
+    back = [a for k, v in deferred.items() if k not in on_device for a in v]
+    if not on_device:
+      self.pp = full
+      return
+    self.pp = transforms.chain(host_ops + transforms.affine_ops(back))
+    self.device_transform = transforms.DeviceTransform(
+        tuple((k, tuple(v)) for k, v in sorted(on_device.items())))
+
+  def _check_uint8(self, ex: dict, j: int) -> dict:
+    for k in self.device_transform.fields:
+      if k in ex and ex[k].dtype != np.uint8:
+        raise DataError(
+            f"Field {k!r} of {self._key(j)} is {ex[k].dtype} at the pp's value_range/normalize; "
+            "element 0 had it uint8, so that op runs on the device. Make every source give "
+            "uint8 there, or set config.data.device_normalize=False.")
+    return ex
 
   def example_source(self, j: int) -> int:
     """The index of the source that stream element j comes from."""
@@ -135,7 +172,7 @@ class Stream:
   def _load(self, j: int) -> dict:
     i, ex = self.examples[j]
     rng = np.random.default_rng((self.seed, j))
-    return _arrays_only(self.pp(self.components[i].pp(ex, rng), rng))
+    return self._check_uint8(_arrays_only(self.pp(self.components[i].pp(ex, rng), rng)), j)
 
   def example(self, j: int) -> tuple[dict, bool, int]:
     """(element j after pp, whether it replaces an unreadable example, its source index)."""
@@ -179,18 +216,16 @@ def _stack(exs: list[dict]) -> dict:
   return {k: np.stack([ex[k] for ex in exs]) for k in exs[0]}
 
 
-def train_dataset(train_cfg, *, batch_size: int, seed: int, context: dict,
-                  process_index: int = 0, process_count: int = 1,
-                  on_corrupt: str = "skip") -> grain.MapDataset:
-  """Per-process batches of the training stream, as a random-access dataset.
-
-  Element s is a LoaderBatch of this process's share of global batch s: stream elements
-  s*batch_size + process_index + k*process_count; its `source` indexes the labels of
-  `source_configs(train_cfg)`.
-  """
+def train_pipeline(train_cfg, *, batch_size: int, seed: int, context: dict,
+                   process_index: int = 0, process_count: int = 1, on_corrupt: str = "skip",
+                   device_ops: bool = False
+                   ) -> tuple[grain.MapDataset, transforms.DeviceTransform]:
+  """(`train_dataset`, the DeviceTransform the train step applies to its batches: empty
+  unless `device_ops`, see `Stream`)."""
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes.")
-  stream = Stream(train_cfg, seed=seed, context=context, on_corrupt=on_corrupt)
+  stream = Stream(train_cfg, seed=seed, context=context, on_corrupt=on_corrupt,
+                  device_ops=device_ops)
   local = batch_size // process_count
 
   def make_batch(s: int) -> dict:
@@ -199,21 +234,39 @@ def train_dataset(train_cfg, *, batch_size: int, seed: int, context: dict,
     return LoaderBatch(_stack(list(exs)), np.asarray(skipped, bool),
                        np.asarray(source, np.int32))
 
-  return grain.MapDataset.range(_STREAM_LEN // batch_size).map(make_batch)
+  ds = grain.MapDataset.range(_STREAM_LEN // batch_size).map(make_batch)
+  return ds, stream.device_transform
+
+
+def train_dataset(train_cfg, *, batch_size: int, seed: int, context: dict,
+                  process_index: int = 0, process_count: int = 1,
+                  on_corrupt: str = "skip", device_ops: bool = False) -> grain.MapDataset:
+  """Per-process batches of the training stream, as a random-access dataset.
+
+  Element s is a LoaderBatch of this process's share of global batch s: stream elements
+  s*batch_size + process_index + k*process_count; its `source` indexes the labels of
+  `source_configs(train_cfg)`. `device_ops`: leave a deferrable value_range/normalize to the
+  device (`train_pipeline` also gives the transform that then completes the batch).
+  """
+  return train_pipeline(train_cfg, batch_size=batch_size, seed=seed, context=context,
+                        process_index=process_index, process_count=process_count,
+                        on_corrupt=on_corrupt, device_ops=device_ops)[0]
 
 
 def train_iterator(train_cfg, *, batch_size: int, seed: int, start_step: int, context: dict,
                    workers: int = 0, prefetch: int = 2, process_index: int = 0,
                    process_count: int = 1, on_corrupt: str = "skip",
-                   state: dict | None = None) -> grain.DatasetIterator:
+                   state: dict | None = None, device_ops: bool = False
+                   ) -> grain.DatasetIterator:
   """Iterator over the per-process batches of steps start_step+1, start_step+2, ...
 
   `state` (from `iterator.get_state()`, as saved in a checkpoint) restores the position
-  instead of `start_step`; it must come from the same worker count.
+  instead of `start_step`; it must come from the same worker count. `device_ops`: as in
+  `train_dataset` (the Run passes config.data.device_normalize).
   """
   ds = train_dataset(train_cfg, batch_size=batch_size, seed=seed, context=context,
                      process_index=process_index, process_count=process_count,
-                     on_corrupt=on_corrupt)
+                     on_corrupt=on_corrupt, device_ops=device_ops)
   it = (ds if state is not None else ds[start_step:]).to_iter_dataset(
       # Few reader threads: the machine may have 2 cores, and workers parallelise further.
       grain.ReadOptions(num_threads=1 if workers else 2, prefetch_buffer_size=max(prefetch, 2)))

@@ -13,6 +13,7 @@ the modules that define them.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -63,9 +64,9 @@ def parse(spec: str) -> list[tuple[str, list[Any], dict[str, Any]]]:
   return out
 
 
-def build(spec: str, **context) -> Op:
-  """Compiles a spec into one op. `context` (e.g. tokenizer=, text_len=) fills op options
-  the spec leaves out, for ops that accept them."""
+def build_ops(spec: str, **context) -> list[Op]:
+  """The ops of a spec, each built by its registered factory. `context` (e.g. tokenizer=,
+  text_len=) fills op options the spec leaves out, for ops that accept them."""
   ops = []
   for name, args, kwargs in parse(spec):
     factory = PP_OPS.get(name)
@@ -76,14 +77,159 @@ def build(spec: str, **context) -> Op:
       if k in accepted and k not in kwargs:
         kwargs[k] = v
     ops.append(factory(*args, **kwargs))
+  return ops
 
+
+def chain(ops: list[Op]) -> Op:
+  """One op that applies `ops` in order (to a copy of the example dict)."""
   def apply(example, rng=None):
     example = dict(example)
     for op in ops:
       example = op(example, rng)
     return example
-
   return apply
+
+
+def build(spec: str, **context) -> Op:
+  """Compiles a spec into one op. `context` (e.g. tokenizer=, text_len=) fills op options
+  the spec leaves out, for ops that accept them."""
+  return chain(build_ops(spec, **context))
+
+
+# --- Deferring the affine tail to the device -------------------------------------------
+#
+# value_range and normalize are per-pixel affine maps. Done on the host they turn a uint8
+# image into float32: 4x the bytes through shared memory and host-to-device, and a fifth of a
+# data worker's time per 224px image. When such an op acts on a field that is still uint8
+# and nothing after it in the spec reads that field, it can run inside the jitted train step
+# instead, with the same float32 arithmetic. To know what "nothing after it reads that
+# field" means, ops carry the fields they touch (`touches`); an op without that declaration
+# (a user's op) is taken to touch every field.
+
+
+@dataclasses.dataclass(frozen=True)
+class Affine:
+  """float32(x) * scale + shift over the last (channel) axis: what value_range and normalize
+  compute. scale, shift: tuples of floats, one per channel or a single one for all; a
+  per-channel map on a 1-channel image repeats the grey channel first (as the host op does).
+  Hashable, so that a step closing over it can be jitted."""
+  key: str
+  scale: tuple[float, ...]
+  shift: tuple[float, ...]
+
+  def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) as float32 arrays of shape () or (C,)."""
+    as_arr = lambda v: np.float32(v[0]) if len(v) == 1 else np.asarray(v, np.float32)
+    return as_arr(self.scale), as_arr(self.shift)
+
+  def __call__(self, x):
+    """x: (..., C) uint8 or float, NumPy or JAX -> float32 (..., C'), C' the statistics'
+    channels for a per-channel map on grey, else C. On JAX arrays (the device path) this is
+    the same float32 multiply then add as `affine` does on the host."""
+    scale, shift = self.arrays()
+    x = x.astype(np.float32)
+    if np.ndim(scale) and x.shape[-1] != scale.shape[0]:
+      if x.shape[-1] != 1:
+        raise ValueError(f"Per-channel statistics of {scale.shape[0]} channels for an image "
+                         f"of shape {x.shape}; decode with the matching channels.")
+      x = x[..., np.zeros(scale.shape[0], np.int32)]  # Grey: the same value in every channel.
+    # x stays on the left: a NumPy scalar on the left would try to convert a traced JAX array.
+    return x * scale + shift
+
+
+def touches(*fields: str):
+  """Marks an op with the example fields it reads or writes (see `split_device_tail`)."""
+  def mark(op):
+    op.touches = frozenset(fields)
+    return op
+  return mark
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceTransform:
+  """{field: Affines applied in order}: the pp's tail that runs on the device, at the start
+  of the train step. `__call__(batch)` maps a batch dict (B, ...) field by field; fields not
+  named pass unchanged. Empty: the identity."""
+  affines: tuple[tuple[str, tuple[Affine, ...]], ...] = ()
+
+  def __bool__(self) -> bool:
+    return bool(self.affines)
+
+  @property
+  def fields(self) -> tuple[str, ...]:
+    return tuple(k for k, _ in self.affines)
+
+  def __call__(self, batch: dict) -> dict:
+    out = dict(batch)
+    for key, chain_ in self.affines:
+      x = out[key]
+      for a in chain_:
+        x = a(x)
+      out[key] = x
+    return out
+
+
+def split_device_tail(ops: list[Op]) -> tuple[list[Op], dict[str, list[Affine]]]:
+  """(host ops, {field: its deferred Affines in order}) of a built op list.
+
+  An affine op (value_range, normalize) is deferred when no later op touches its field; a
+  later op that does (a resize after value_range, or any op that declares no fields) gets
+  the deferred affines of the fields it touches put back on the host just before it, so the
+  host ops followed by the deferred affines compute exactly what `ops` do. An affine on a
+  field a later `keep` drops is dropped. Whether the field is uint8 there is the caller's
+  check: it depends on the data, not on the spec.
+  """
+  host, pending = [], {}
+
+  def flush(keys):
+    for k in keys:
+      host.extend(pending.pop(k))
+
+  for op in ops:
+    sub = getattr(op, "device_split", None)
+    if sub is not None:  # each_image: its own spec's tail, on the stacked field.
+      flush([k for k in pending if k == sub.key])
+      host.append(sub.host)
+      if sub.affines:
+        pending[sub.key] = affine_ops(sub.affines)
+      continue
+    if getattr(op, "affine", None) is not None:
+      pending.setdefault(op.affine.key, []).append(op)
+      continue
+    keeps = getattr(op, "keeps", None)
+    if keeps is not None:
+      for k in [k for k in pending if k not in keeps]:
+        del pending[k]
+      host.append(op)
+      continue
+    touched = getattr(op, "touches", None)
+    flush([k for k in pending if touched is None or k in touched])
+    host.append(op)
+  return host, {k: [op.affine for op in v] for k, v in pending.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSplit:
+  """What an op that runs a spec of its own (each_image) offers `split_device_tail`: the op
+  with only the host part of its spec (`host`), and the Affines left for the device on the
+  field `key` it writes."""
+  key: str
+  host: Op
+  affines: tuple[Affine, ...]
+
+
+def affine_ops(affines) -> list[Op]:
+  """Host ops computing `affines` (Affine each) in order: a deferred tail put back on the host."""
+  def one(a: Affine) -> Op:
+    scale, shift = a.arrays()
+
+    def op(ex, rng):
+      ex[a.key] = affine(ex[a.key], scale, shift)
+      return ex
+    op.affine = a
+    op.touches = frozenset([a.key])
+    return op
+  return [one(a) for a in affines]
 
 
 def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -105,13 +251,26 @@ def resize_bilinear(img: np.ndarray, h: int, w: int) -> np.ndarray:
   return top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
 
 
+def keep_uint8(resized: np.ndarray, like) -> np.ndarray:
+  """A resize's float32 result back in the input's dtype when that was uint8 (rounded half
+  to even, clipped), else float32. Why: a uint8 image must stay uint8 through the geometric
+  ops for value_range/normalize to run on the device (a quarter of the bytes to move); the
+  rounding (at most half a grey level) is the same on the host and the device path, as
+  big_vision's resize, which also casts back to the input dtype."""
+  if np.asarray(like).dtype != np.uint8:
+    return resized
+  return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
 @PP_OPS.register("resize")
 def resize(size, key: str = "image"):
-  """Bilinear resize to `size` (int or (h, w)); the image becomes float32 in its input range."""
+  """Bilinear resize to `size` (int or (h, w)); uint8 stays uint8 (rounded), anything else
+  becomes float32 in its input range."""
   h, w = (size, size) if isinstance(size, int) else size
 
+  @touches(key)
   def op(ex, rng):
-    ex[key] = resize_bilinear(ex[key], h, w)
+    ex[key] = keep_uint8(resize_bilinear(ex[key], h, w), ex[key])
     return ex
   return op
 
@@ -121,6 +280,7 @@ def random_crop(size, pad: int = 0, key: str = "image"):
   """Zero-pads by `pad` then crops `size` at a random place (centre when evaluating)."""
   h, w = (size, size) if isinstance(size, int) else size
 
+  @touches(key)
   def op(ex, rng):
     img = ex[key]
     if pad:
@@ -141,6 +301,7 @@ def random_crop(size, pad: int = 0, key: str = "image"):
 def central_crop(size, key: str = "image"):
   h, w = (size, size) if isinstance(size, int) else size
 
+  @touches(key)
   def op(ex, rng):
     img = ex[key]
     H, W = img.shape[:2]
@@ -153,6 +314,7 @@ def central_crop(size, key: str = "image"):
 @PP_OPS.register("flip_lr")
 def flip_lr(key: str = "image"):
   """Random horizontal flip with probability 1/2 (none when evaluating)."""
+  @touches(key)
   def op(ex, rng):
     if rng is not None and rng.random() < 0.5:
       ex[key] = _flip_lr(np.asarray(ex[key]))
@@ -174,14 +336,16 @@ def _flip_lr(img: np.ndarray) -> np.ndarray:
 @PP_OPS.register("value_range")
 def value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
                 in_max: float = 255.0, key: str = "image"):
-  """Maps [in_min, in_max] linearly to [vmin, vmax], as float32."""
+  """Maps [in_min, in_max] linearly to [vmin, vmax], as float32. In a train pp on a uint8
+  field with nothing after it touching that field, it runs on the device (see
+  `split_device_tail`)."""
   scale = np.float32((vmax - vmin) / (in_max - in_min))
   shift = np.float32(vmin - in_min * (vmax - vmin) / (in_max - in_min))
+  return _affine_op(Affine(key, (float(scale),), (float(shift),)))
 
-  def op(ex, rng):
-    ex[key] = _affine(ex[key], scale, shift)
-    return ex
-  return op
+
+def _affine_op(a: Affine) -> Op:
+  return affine_ops([a])[0]
 
 
 NORM_STATS = {
@@ -201,27 +365,25 @@ def normalize(stats: str = "imagenet", key: str = "image"):
   # the textbook expression, which matters at 224x224 on a data worker's budget.
   scale = (1.0 / (255.0 * std)).astype(np.float32)
   shift = (-mean / std).astype(np.float32)
-
-  def op(ex, rng):
-    ex[key] = _affine(ex[key], scale, shift)
-    return ex
-  return op
+  return _affine_op(Affine(key, tuple(map(float, scale)), tuple(map(float, shift))))
 
 
-def _affine(img, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
-  """float32 img * scale + shift, with per-channel (C,) or scalar scale and shift."""
+def affine(img, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+  """float32 img * scale + shift, with per-channel (C,) or scalar scale and shift; a
+  per-channel map on a 1-channel image repeats the channel. img: (..., H, W, C) or (..., C).
+  The same float32 multiply then add as `Affine.__call__` on the device."""
   x = np.array(img, np.float32)
-  if x.ndim == 3 and np.ndim(scale) and x.shape[-1] != np.shape(scale)[0]:
+  if x.ndim and np.ndim(scale) and x.shape[-1] != np.shape(scale)[0]:
     if x.shape[-1] != 1:
       raise ValueError(f"Per-channel statistics of {np.shape(scale)[0]} channels for an image "
                        f"of shape {x.shape}; decode with the matching channels.")
     x = np.repeat(x, np.shape(scale)[0], axis=-1)  # Grey: the same value in every channel.
-  if x.ndim == 3 and np.ndim(scale):
+  if x.ndim >= 2 and np.ndim(scale):
     # Broadcasting over a last axis of 3 runs numpy's inner loop 3 elements at a time;
     # over rows tiled to W*C it runs once per row, several times faster.
-    rows = x.reshape(x.shape[0], -1)
-    rows *= np.tile(scale, x.shape[1])
-    rows += np.tile(shift, x.shape[1])
+    rows = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    rows *= np.tile(scale, x.shape[-2])
+    rows += np.tile(shift, x.shape[-2])
   else:
     x *= scale
     x += shift
@@ -231,6 +393,7 @@ def _affine(img, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
 @PP_OPS.register("choose_text")
 def choose_text(key: str = "texts", out: str = "text"):
   """Picks one of several captions at random (the first when evaluating)."""
+  @touches(key, out)
   def op(ex, rng):
     texts = ex[key]
     if isinstance(texts, str):
@@ -249,6 +412,7 @@ def tokenize(key: str = "text", length: int | None = None, tokenizer=None, text_
   if not length:
     raise ValueError("pp op 'tokenize' needs a length: tokenize(length=16) or config.data.text_len.")
 
+  @touches(key)
   def op(ex, rng):
     ex[key] = tokenizer.encode(ex[key], length)
     return ex
@@ -263,6 +427,7 @@ def keep(*keys):
     if missing:
       raise KeyError(f"pp op keep{keys}: example has no {missing}; it has {sorted(ex)}.")
     return {k: ex[k] for k in keys}
+  op.keeps = frozenset(keys)
   return op
 
 
@@ -319,6 +484,7 @@ def decode(channels: int | None = 3, key: str = "image"):
   if channels not in (1, 3, None):
     raise ValueError(f"decode(channels={channels}): valid are 1, 3 or None (as stored).")
 
+  @touches(key)
   def op(ex, rng):
     data = ex[key]
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -369,6 +535,7 @@ def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int 
     raise ValueError(f"inception_crop(channels={channels}): valid are 1, 3 or None (as stored).")
   h_out, w_out = (size, size) if isinstance(size, int) else size
 
+  @touches(key)
   def op(ex, rng):
     data, name = ex[key], ex.get("key", "?")
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -407,12 +574,14 @@ def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int 
 
 @PP_OPS.register("resize_small")
 def resize_small(size: int, key: str = "image"):
-  """Resizes so that the shorter side is `size`, keeping the aspect ratio (bilinear)."""
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio (bilinear); uint8
+  stays uint8 (rounded), as `resize`."""
+  @touches(key)
   def op(ex, rng):
     img = ex[key]
     H, W = img.shape[:2]
     s = size / min(H, W)
-    ex[key] = resize_bilinear(img, max(1, round(H * s)), max(1, round(W * s)))
+    ex[key] = keep_uint8(resize_bilinear(img, max(1, round(H * s)), max(1, round(W * s))), img)
     return ex
   return op
 
@@ -420,6 +589,7 @@ def resize_small(size: int, key: str = "image"):
 @PP_OPS.register("rgb")
 def rgb(key: str = "image"):
   """Grey (H, W, 1) -> (H, W, 3) by repeating the channel; RGBA drops alpha."""
+  @touches(key)
   def op(ex, rng):
     ex[key] = _to_channels(np.asarray(ex[key]), 3)
     return ex
@@ -478,6 +648,7 @@ def multi_crop(global_size, local_size, num_global: int = 2, num_local: int = 6,
       out.append(c)
     return np.stack(out)
 
+  @touches(key, "crops_global", "crops_local")
   def op(ex, rng):
     if isinstance(ex[key], (bytes, bytearray, memoryview)):
       ex = decoder(ex, rng)
