@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bigvl import state as state_lib
+from bigvl.models import layer_scan
 from bigvl.optim import path_str
 
 class LayoutError(ValueError):
@@ -197,11 +198,16 @@ def subtree(loaded: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]
 def merge_params(params, loaded: dict[str, np.ndarray]):
   """Replaces every param of `params` whose path and shape match one in `loaded`.
 
-  Returns (params, report) with report lists `loaded`, `new` (kept at init), `mismatched`
+  Encoder blocks are stacked or unstacked first where `loaded` and `params` differ in layer
+  scanning (`models.layer_scan.match_layout`). Returns (params, report) with report lists `loaded`, `new` (kept at init), `mismatched`
   (same path, other shape: kept at init) and `dropped` (in the checkpoint only).
   """
   report = {"loaded": [], "new": [], "mismatched": [], "dropped": []}
   seen = set()
+  # A scanned encoder loads an unscanned one's blocks and vice versa: same numbers.
+  target = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+      params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))[0]]
+  loaded = layer_scan.match_layout(loaded, target)
 
   def one(p, x):
     key = path_str(p)

@@ -80,21 +80,34 @@ def data_parallel_size(mesh: Mesh, rules) -> int:
   return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def current_batch_axes() -> tuple[str, ...]:
-  """The mesh axes the logical `batch` axis is split over here, e.g. ("data", "fsdp").
+def current_axes(logical: str, exclude: Sequence[str] = ()) -> tuple[str, ...]:
+  """The mesh axes the logical axis `logical` is split over here, e.g. ("data", "fsdp").
 
   Reads the active flax logical-axis rules (`nn.logical_axis_rules(...)`) and the current
   mesh (`jax.set_mesh(...)`; inside jit the abstract mesh), as the train step traces under
-  both. Axes of size 1, and axes the mesh does not have, are left out: they split nothing.
-  Returns () outside a mesh, without rules for `batch`, or on a single device.
+  both. Axes of size 1, axes the mesh does not have, and `exclude` (axes another dimension
+  of the same array already uses) are left out: they split nothing here. Returns ()
+  outside a mesh, without a rule for `logical`, or on a single device.
   """
   import flax.linen as nn  # Flax only here: the rest of this module needs none of it.
   mesh = jax.sharding.get_abstract_mesh()
-  axes = logical_to_mesh_spec((BATCH,), nn.get_logical_axis_rules())[0]
+  axes = logical_to_mesh_spec((logical,), nn.get_logical_axis_rules())[0]
   if mesh.empty or axes is None:
     return ()
   axes = axes if isinstance(axes, tuple) else (axes,)
-  return tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
+  return tuple(a for a in axes
+               if a in mesh.axis_names and mesh.shape[a] > 1 and a not in exclude)
+
+
+def current_batch_axes() -> tuple[str, ...]:
+  """`current_axes(BATCH)`: the mesh axes the batch is split over here."""
+  return current_axes(BATCH)
+
+
+def axes_size(axes: Sequence[str]) -> int:
+  """How many shards the current (abstract) mesh's `axes` make together (1 for none)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
 
 def logical_to_mesh_spec(logical: Sequence[str | None], rules) -> P:

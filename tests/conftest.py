@@ -33,9 +33,8 @@ def kind_of(item) -> str:
     raise ValueError(f"{item.nodeid}: marked both unit and integration (a module-level "
                      "`pytestmark` applies to every test in it)")
   kind = kinds.pop()
-  if kind == "unit" and any(item.iter_markers(name="slow")) or (
-      kind == "unit" and any(item.iter_markers(name="demo"))):
-    raise ValueError(f"{item.nodeid}: slow and demo tests are integration tests; mark it "
+  if kind == "unit" and any(any(item.iter_markers(name=m)) for m in ("slow", "demo", "scale")):
+    raise ValueError(f"{item.nodeid}: slow, scale and demo tests are integration tests; mark it "
                      "integration, not unit")
   return kind
 

@@ -4,6 +4,9 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/scale_memory_check.py state
     # Quick: the same from the shardings' shard shapes only, no compiling.
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/scale_memory_check.py state_analytic
+    # Step memory and collectives, dp=8 vs fsdp=8, remat full, layer-scanned (8 devices, barriers kept).
+    XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=cse_barrier_expander" \
+        python tests/scale_memory_check.py fsdp_step
     # Step temp memory per remat policy (1 device; the flag: see KEEP_BARRIERS_FLAG in the tool).
     XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander python tests/scale_memory_check.py remat
 
@@ -109,7 +112,40 @@ def check_remat(workdir: str, batch_size: int = 32,
   return out
 
 
+def check_fsdp_step(workdir: str, per_device: int = 8, scan: bool = True) -> dict:
+  """The compiled B/16 train step per device, data parallel (data=8) vs FSDP (fsdp=8), both
+  towers remat full and (with `scan`) layer-scanned: memory and collectives.
+
+  Needs 8 devices and XLA_FLAGS with KEEP_BARRIERS_FLAG (remat's barriers kept, see
+  tools/bench_train.py). Batch `per_device` x 8. Collectives come from
+  `bigvl.compiled_stats` (trip counts applied).
+  """
+  from bigvl import compiled_stats
+  out = {"devices": jax.device_count(), "batch_size": per_device * 8, "scan": scan,
+         "barriers_kept": tool.remat_barriers_kept()}
+  for rules, mesh in (("dp", "{'data': 8, 'fsdp': 1, 'tensor': 1}"),
+                      ("fsdp", "{'data': 1, 'fsdp': 8, 'tensor': 1}")):
+    t0 = time.perf_counter()
+    overrides = [("sharding.rules", rules), ("sharding.mesh", mesh),
+                 ("model.image.remat", "full"), ("model.text.remat", "full"),
+                 ("model.image.scan_layers", str(scan)), ("model.text.scan_layers", str(scan))]
+    run = tool.build(b16_config(per_device * 8, overrides), workdir)
+    shapes, shardings = tool.abstract_state(run)
+    compiled, _ = tool.compile_step(run, shapes, shardings)
+    stats = compiled_stats.analyse(compiled)
+    out[rules] = dict(stats.memory, collectives=stats.collective_table(),
+                      all_reduce_sliced_bytes=stats.all_reduce_sliced_bytes,
+                      dot_flops=stats.dot_flops, mesh=dict(run.mesh.shape),
+                      seconds=round(time.perf_counter() - t0, 1))
+    log(f"fsdp_step {rules}: {out[rules]}")
+  out["temp_ratio"] = out["fsdp"]["temp_bytes"] / out["dp"]["temp_bytes"]
+  log(f"fsdp_step: fsdp / dp temp bytes = {out['temp_ratio']:.3f}")
+  return out
+
+
 CHECKS = {"state": check_state,
+          "fsdp_step": check_fsdp_step,
+          "fsdp_step_unscanned": lambda workdir: check_fsdp_step(workdir, scan=False),
           "state_analytic": lambda workdir: check_state(workdir, compiled=False),
           "remat": check_remat}
 

@@ -35,12 +35,18 @@ TOOL = os.path.join(REPO, "tools", "bench_train.py")
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 KEEP_BARRIERS = {"XLA_FLAGS": "--xla_disable_hlo_passes=cse_barrier_expander",
                  "JAX_PLATFORMS": "cpu"}
+EIGHT_KEEP_BARRIERS = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+                                    "--xla_disable_hlo_passes=cse_barrier_expander",
+                       "JAX_PLATFORMS": "cpu"}
+MAX_FSDP_STEP_TEMP_RATIO = 0.3
 MIN_FSDP_RATIO = 6.0
 
 RESULT_FIELDS = ("config", "devices", "device_kind", "mesh", "batch_size", "step_time_s",
-                 "examples_per_sec", "flops_per_device_per_step", "tflops_per_device", "mfu",
-                 "temp_bytes", "argument_bytes", "output_bytes", "alias_bytes",
-                 "generated_code_bytes", "peak_bytes_estimate")
+                 "examples_per_sec", "model_flops_per_step", "model_flops_per_example",
+                 "flops_per_device_per_step", "tflops_per_device", "mfu", "hfu", "temp_bytes",
+                 "argument_bytes", "output_bytes", "alias_bytes", "generated_code_bytes",
+                 "peak_bytes_estimate", "collectives", "dot_flops_per_device",
+                 "all_reduce_sliced_bytes")
 
 
 def _run_check(name: str, env: dict, timeout=900) -> dict:
@@ -88,13 +94,19 @@ def test_bench_train_times_demo_config(tmp_path):
   assert result["steps"] == 3 and result["step_time_s"] > 0
   assert result["examples_per_sec"] == pytest.approx(64 / result["step_time_s"])
   assert result["flops_per_device_per_step"] > 0 and result["tflops_per_device"] > 0
-  assert result["mfu"] is None and result["peak_tflops"] is None  # No peak known for a CPU.
+  # Model FLOPs (bigvl/model_flops.py: the traced loss, forward + backward) of the global batch.
+  assert result["model_flops_per_step"] > 0
+  assert result["model_flops_per_example"] == pytest.approx(result["model_flops_per_step"] / 64)
+  assert result["mfu"] is None and result["hfu"] is None  # No peak known for a CPU.
+  assert result["peak_tflops"] is None
   assert result["temp_bytes"] > 0 and result["argument_bytes"] > 0
   # The state is donated: its buffers are reused for the new state.
   assert result["alias_bytes"] >= result["state_bytes_per_device"] > 0
   assert result["peak_bytes_estimate"] == (result["argument_bytes"] + result["output_bytes"]
                                            + result["temp_bytes"] - result["alias_bytes"])
   assert "step 3/3" in proc.stderr  # Progress goes to stderr.
+  assert result["collectives"] == {}  # One device: nothing to communicate.
+  assert result["dot_flops_per_device"] > 0
 
 
 @pytest.mark.slow
@@ -107,8 +119,10 @@ def test_bench_train_compile_only_and_peak(tmp_path):
   result = json.loads(proc.stdout)
   assert result["compile_only"] and result["batch_size"] == 16
   assert result["step_time_s"] is None and result["examples_per_sec"] is None
-  assert result["mfu"] is None and result["peak_tflops"] == 100.0  # Nothing timed: no MFU.
+  assert result["mfu"] is None and result["hfu"] is None  # Nothing timed: no MFU.
+  assert result["peak_tflops"] == 100.0
   assert result["flops_per_device_per_step"] > 0 and result["temp_bytes"] > 0
+  assert result["model_flops_per_step"] > 0  # Counted without running (remat not counted).
   assert result["remat"] == {"image": "full", "text": "none"}
   assert "--keep_remat_barriers" in proc.stderr  # Warned: remat saves nothing on plain CPU.
 
@@ -167,3 +181,28 @@ def test_remat_full_lowers_b16_step_temp_memory():
   assert full <= dots < none  # dots_saveable keeps the matmul outputs: in between.
   # Full remat recomputes each block's forward pass once more: more FLOPs, not fewer.
   assert r["full"]["flops_per_device_per_step"] > r["none"]["flops_per_device_per_step"]
+
+
+# ------------------------------------------------------------------------------------------
+# FSDP: the step's temporary memory, layer-scanned (-m scale: ~2 min of B/16 compiles).
+
+
+@pytest.mark.scale
+def test_fsdp_step_temp_memory_b16_scanned():
+  r = _run_check("fsdp_step", EIGHT_KEEP_BARRIERS)
+  dp, fsdp = r["dp"], r["fsdp"]
+  print(f"B/16 step temp per device, 8 per device, remat full, scanned: dp {_gb(dp['temp_bytes'])}"
+        f", fsdp {_gb(fsdp['temp_bytes'])}, ratio {r['temp_ratio']:.3f}; fsdp collectives "
+        f"{fsdp['collectives']}, all-reduce bytes only sliced afterwards "
+        f"{fsdp['all_reduce_sliced_bytes']}")
+  assert r["barriers_kept"] and r["scan"] and r["batch_size"] == 64
+  assert dp["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert r["temp_ratio"] <= MAX_FSDP_STEP_TEMP_RATIO
+  assert dp["dot_flops"] == pytest.approx(fsdp["dot_flops"], rel=1e-3)  # Same work per device.
+  # Gradients reach their shards by reduce-scatter, or, on XLA:CPU (which has no
+  # ReduceScatterCreator pass), by an all-reduce whose result is only dynamic-sliced: the
+  # pattern the GPU and TPU compilers rewrite into a reduce-scatter.
+  scattered = fsdp["collectives"].get("reduce-scatter", {}).get("bytes", 0)
+  reduced = fsdp["collectives"].get("all-reduce", {}).get("bytes", 0)
+  assert scattered + fsdp["all_reduce_sliced_bytes"] >= 0.9 * (scattered + reduced)

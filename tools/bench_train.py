@@ -1,4 +1,4 @@
-"""Times the train step of any config; reports examples/s, TFLOP/s, MFU and compiled memory.
+"""Times the train step of any config; reports examples/s, TFLOP/s, MFU, HFU and compiled memory.
 
     python tools/bench_train.py --config configs/demo/siglip_digits.py[:arg] \
         [--config.key=value ...] [--steps 20] [--warmup 3] [--out result.json]
@@ -15,8 +15,16 @@ compiled, donated step. Only the batch differs: one synthetic batch of the confi
 -> device transfer are not timed. `config.evals` is emptied: evaluation is not part of a step.
 
 Timing: --warmup untimed steps, then --steps steps each ended by `block_until_ready`; the
-step time is their median (seconds). FLOPs per device per step come from XLA's cost analysis
-of the compiled (SPMD-partitioned) step, as the loop's train/tflops_per_device does.
+step time is their median (seconds).
+
+FLOPs, as the loop logs them: model FLOPs per step (`bigvl/model_flops.py`: forward + backward
+of the config's model on the global batch, counted from the traced loss with no remat
+recomputation, Pallas kernels as their XLA references, grad_accum_steps=1) give
+mfu = model_flops_per_step / step_time / (peak x devices), the loop's train/mfu. XLA's cost
+analysis of the compiled (SPMD-partitioned) step gives flops_per_device_per_step (what runs on
+one device: recomputation included, custom calls 0), tflops_per_device and
+hfu = flops_per_device_per_step / step_time / peak, as train/tflops_per_device and train/hfu.
+The peak is per device kind and compute dtype (`bigvl/mfu.py`), or --peak_tflops.
 
 Memory, per device, from the compiled step's `memory_analysis()` (bytes): argument (train
 state + batch), output (new state + metrics), alias (outputs written into donated arguments:
@@ -26,9 +34,12 @@ temp - alias. state_bytes_per_device is the sharded train state (params + optimi
 summed from the shard shapes of its shardings.
 
 Fields: config, overrides, devices, device_kind, mesh, rules, batch_size, params, remat,
-step_time_s (median), step_time_min_s, examples_per_sec, flops_per_device_per_step,
-tflops_per_device, peak_tflops, mfu (null without a known peak: CPU; --peak_tflops gives it),
-compile_s, state_bytes_per_device and the memory fields above; with --compile_only the timing
+step_time_s (median), step_time_min_s, examples_per_sec, model_flops_per_step,
+model_flops_per_example, flops_per_device_per_step, tflops_per_device, peak_tflops, mfu, hfu
+(both null without a known peak: CPU; --peak_tflops gives it), compile_s,
+state_bytes_per_device, the memory fields above, and from `bigvl.compiled_stats`:
+collectives ({kind: {count, bytes}} per device and step, loop trip counts applied),
+dot_flops_per_device, all_reduce_sliced_bytes (docs/scale.md); with --compile_only the timing
 fields are null. stdout gets exactly this one JSON object (also written to --out); progress
 lines go to stderr.
 
@@ -56,16 +67,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flax.linen as nn  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from bigvl import config_lib, mfu as mfu_lib  # noqa: E402
+from bigvl import compiled_stats, config_lib, mfu as mfu_lib  # noqa: E402
+from bigvl import model_flops as model_flops_lib  # noqa: E402
 from bigvl import run as run_lib  # noqa: E402
 from bigvl import state as state_lib  # noqa: E402
 from bigvl.models import presets  # noqa: E402
 
-MEMORY_FIELDS = (("temp_bytes", "temp_size_in_bytes"),
-                 ("argument_bytes", "argument_size_in_bytes"),
-                 ("output_bytes", "output_size_in_bytes"),
-                 ("alias_bytes", "alias_size_in_bytes"),
-                 ("generated_code_bytes", "generated_code_size_in_bytes"))
+MEMORY_FIELDS = ("temp_bytes", "argument_bytes", "output_bytes", "alias_bytes",
+                 "generated_code_bytes", "peak_bytes_estimate")
 
 
 # XLA:CPU expands (drops) the optimization barriers that `jax.checkpoint` puts around the
@@ -126,7 +135,8 @@ def load_config(spec: str, overrides: list[tuple[str, str]], model_preset: str |
     except ValueError as e:
       raise config_lib.ConfigError(f"--model_preset={model_preset!r}: {e}") from e
     for tower in ("image", "text"):
-      model[tower] = dict(dict(remat="none", attention_impl="xla"), **model[tower])
+      model[tower] = dict(dict(remat="none", attention_impl="xla", scan_layers=False),
+                          **model[tower])
     model.setdefault("dtype", "float32")
     config.model = model
   config = config_lib.apply_overrides(config, overrides)
@@ -179,17 +189,8 @@ def synthetic_batch(run: run_lib.Run, seed: int = 0) -> dict:
 
 def memory_stats(compiled) -> dict:
   """Per-device bytes from `compiled.memory_analysis()` (None where the backend has none)."""
-  try:
-    mem = compiled.memory_analysis()
-  except Exception:  # Some backends have no memory analysis.
-    mem = None
-  out = {name: (int(getattr(mem, attr)) if mem is not None and hasattr(mem, attr) else None)
-         for name, attr in MEMORY_FIELDS}
-  parts = [out["argument_bytes"], out["output_bytes"], out["temp_bytes"], out["alias_bytes"]]
-  out["peak_bytes_estimate"] = (None if None in parts else
-                                parts[0] + parts[1] + parts[2] - parts[3])
-  # (Not XLA's peak_memory_in_bytes: on CPU it leaves out the temps.)
-  return out
+  mem = compiled_stats.memory_stats(compiled)
+  return {k: mem.get(k) for k in MEMORY_FIELDS}
 
 
 def _shard_shape(sharding, shape) -> tuple[int, ...]:
@@ -279,8 +280,12 @@ def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
     step_fn, flops = compile_step(run, state, shardings)
     compile_s = time.perf_counter() - t0
     log(f"compiled in {compile_s:.1f}s: {flops or 0:.4g} FLOPs per device per step")
+    model_flops = model_flops_lib.of_run(run)
+    log(f"model FLOPs: {model_flops.per_step:.4g} per step, {model_flops.per_example:.4g} per "
+        "example (forward + backward, no recomputation)")
 
-    peak = mfu_lib.peak_tflops(peak_tflops or config.peak_tflops)
+    peak = mfu_lib.peak_tflops(peak_tflops or config.peak_tflops,
+                               dtype=config.model.get("dtype", "float32"))
     result = dict(
         config=spec, compile_only=compile_only,
         devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
@@ -291,10 +296,16 @@ def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
         params=n_params, dtype=str(config.model.get("dtype", "float32")),
         remat=remat, xla_flags=os.environ.get("XLA_FLAGS", ""),
         steps=None, warmup=None, step_time_s=None, step_time_min_s=None,
-        examples_per_sec=None, flops_per_device_per_step=flops, tflops_per_device=None,
-        peak_tflops=peak, mfu=None, compile_s=round(compile_s, 3),
+        examples_per_sec=None, model_flops_per_step=model_flops.per_step,
+        model_flops_per_example=model_flops.per_example, flops_per_device_per_step=flops,
+        tflops_per_device=None, peak_tflops=peak, mfu=None, hfu=None,
+        compile_s=round(compile_s, 3),
         state_bytes_per_device=state_bytes_per_device(shapes, shardings))
     result.update(memory_stats(step_fn))
+    # What the partitioned program runs per device (bigvl.compiled_stats; docs/scale.md).
+    stats = compiled_stats.analyse(step_fn)
+    result.update(collectives=stats.collective_table(), dot_flops_per_device=stats.dot_flops,
+                  all_reduce_sliced_bytes=stats.all_reduce_sliced_bytes)
 
     if not compile_only:
       batch = (synthetic_batch(run, config.seed), run_lib.empty_data_info(run))
@@ -305,8 +316,9 @@ def benchmark(config, *, spec: str = "", steps: int = 10, warmup: int = 2,
                     examples_per_sec=config.batch_size / median)
       if flops:
         result["tflops_per_device"] = flops / median / 1e12
-        if peak:
-          result["mfu"] = result["tflops_per_device"] / peak
+      result["mfu"] = mfu_lib.utilization(model_flops.per_step, 1 / median, peak,
+                                          jax.device_count())
+      result["hfu"] = mfu_lib.utilization(flops, 1 / median, peak, 1)
     return result
   finally:
     if own_workdir:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from bigvl import sharding as sh
-from bigvl.kernels import attention as attention_lib
+from bigvl.kernels import sharded as sharded_attention
 from bigvl.models import layers, sizes
 
 
@@ -56,9 +56,9 @@ class SelfAttention(nn.Module):
         cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
         index.value = i + 1
         visible = (jnp.arange(ck.value.shape[1]) <= i)[None, None, None, :]
-        out = attention_lib.attention(q, ck.value, cv.value, mask=visible, impl="xla")
+        out = sharded_attention.attention(q, ck.value, cv.value, mask=visible, impl="xla")
         return layers.HeadsOut(d, True, self.dtype, name="out")(out)
-    out = attention_lib.attention(q, k, v, causal=causal, impl=self.impl)
+    out = sharded_attention.attention(q, k, v, causal=causal, impl=self.impl)
     out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.KV))
     return layers.HeadsOut(d, True, self.dtype, name="out")(out)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigvl import sharding as sh
-from bigvl.kernels import attention as attention_lib
+from bigvl.kernels import sharded as sharded_attention
 
 Dtype = Any
 
@@ -88,7 +88,8 @@ class Attention(nn.Module):
     q = HeadsDense(self.num_heads, head_dim, self.use_bias, self.dtype, name="query")(x)
     k = HeadsDense(self.num_heads, head_dim, self.use_bias, self.dtype, name="key")(kv)
     v = HeadsDense(self.num_heads, head_dim, self.use_bias, self.dtype, name="value")(kv)
-    out = attention_lib.attention(q, k, v, mask=mask, causal=causal, impl=self.impl)
+    # Per shard of the batch (and heads): a kernel never sees the global batch.
+    out = sharded_attention.attention(q, k, v, mask=mask, causal=causal, impl=self.impl)
     out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.KV))
     return HeadsOut(d, self.use_bias, self.dtype, name="out")(out)
 
@@ -175,6 +176,28 @@ def remat_block(policy: str):
   return nn.remat(EncoderBlock, policy=REMAT_POLICIES[policy], static_argnums=(3, 4))
 
 
+LAYERS = "layers"     # Logical name of the stacked-layers axis of scanned params (never split).
+SCANNED = "blocks"    # Scanned encoders keep their stacked blocks under encoder/blocks/block.
+
+
+class ScanStep(nn.Module):
+  """One EncoderBlock as an nn.scan body: (x, mask) -> (x, None).
+
+  `block_args`: EncoderBlock's (num_heads, mlp_dim, act, ln_eps, dropout, attention_impl,
+  dtype); causal and train are fields, not arguments, so they stay static under the scan.
+  """
+  block_args: tuple
+  remat: str = "none"
+  causal: bool = False
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask):
+    x = remat_block(self.remat)(*self.block_args, name="block")(x, mask, self.causal,
+                                                                self.train)
+    return x, None
+
+
 class Encoder(nn.Module):
   """`depth` EncoderBlocks and an optional final LayerNorm. (b, l, d) -> (b, l, d)."""
   depth: int
@@ -188,12 +211,24 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = "none"           # none | full | dots_saveable: what each block keeps for backward.
 
+  scan: bool = False             # One nn.scan over the blocks (params stacked: see layer_scan).
+
   @nn.compact
   def __call__(self, x, *, mask=None, causal: bool = False, train: bool = False):
-    block = remat_block(self.remat)
-    for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.act, self.ln_eps, self.dropout,
-                self.attention_impl, self.dtype, name=f"block{i}")(x, mask, causal, train)
+    args = (self.num_heads, self.mlp_dim, self.act, self.ln_eps, self.dropout,
+            self.attention_impl, self.dtype)
+    if self.scan:
+      # The loop body is traced and compiled once, whatever the depth; under FSDP each
+      # iteration gathers only its own layer's weights, and its gradients are reduced to
+      # their shards inside the loop, so no full-size gathered copy lives across layers.
+      blocks = nn.scan(ScanStep, variable_axes={"params": 0},
+                       split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                       length=self.depth, metadata_params={nn.PARTITION_NAME: LAYERS})
+      x, _ = blocks(args, self.remat, causal, train, name=SCANNED)(x, mask)
+    else:
+      block = remat_block(self.remat)
+      for i in range(self.depth):
+        x = block(*args, name=f"block{i}")(x, mask, causal, train)
     if self.final_norm:
       x = layer_norm(self.ln_eps, "encoder_norm", self.dtype)(x)
     return x

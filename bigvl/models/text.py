@@ -41,6 +41,7 @@ class TextTransformer(nn.Module):
   head_bias: bool = True
   attention_impl: str = "xla"
   remat: str = "none"                # none | full | dots_saveable (per block).
+  scan_layers: bool = False          # nn.scan over the blocks (stacked params; models/layer_scan.py).
   dtype: Any = jnp.float32
 
   def dims(self) -> dict[str, int]:
@@ -68,7 +69,7 @@ class TextTransformer(nn.Module):
     mask = (tokens != self.pad_id) if self.mask_pad else None
     x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
                        self.dropout, True, self.attention_impl, self.dtype, self.remat,
-                       name="encoder")(
+                       scan=self.scan_layers, name="encoder")(
                            x, mask=mask, causal=self.causal, train=train)
     extras = {"tokens": x}
     if self.pool == "last":

@@ -86,6 +86,7 @@ class ViT(nn.Module):
   head_zero_init: bool = True
   attention_impl: str = "xla"
   remat: str = "none"                # none | full | dots_saveable (per block).
+  scan_layers: bool = False          # nn.scan over the blocks (stacked params; models/layer_scan.py).
   dtype: Any = jnp.float32
 
   def dims(self) -> dict[str, int]:
@@ -158,7 +159,7 @@ class ViT(nn.Module):
     norm_tokens = self.final_norm and not self.norm_pooled
     x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
                        self.dropout, norm_tokens, self.attention_impl, self.dtype,
-                       self.remat, name="encoder")(x, train=train)
+                       self.remat, scan=self.scan_layers, name="encoder")(x, train=train)
     extras = {"tokens": x}
     if self.pool == "cls":
       pooled = x[:, 0]

@@ -28,6 +28,20 @@ def _check_impl(loss_impl: str) -> None:
     raise ValueError(f"Unknown config.objective.loss_impl {loss_impl!r}; valid: {LOSS_IMPLS}.")
 
 
+def check_dense_kernel(loss_impl: str, name: str, fix: str) -> None:
+  """Refuses the dense Pallas loss on a batch split over devices (call while tracing).
+
+  A kernel is opaque to the SPMD partitioner: it would gather both embedding matrices and
+  compute all n x n logits on every device (D times the work). The ring
+  (`chunked=True`) is the sharded form of the same loss.
+  """
+  axes = sharding.current_batch_axes()
+  if loss_impl == "pallas" and axes:
+    raise ValueError(
+        f"config.objective.loss_impl='pallas' ({name}) on a batch split over "
+        f"{sharding.axes_size(axes)} devices would gather the whole batch onto each; {fix}")
+
+
 def _check_ratio(ratio: float) -> None:
   if ratio:
     num_kept(1_000_000, ratio)
@@ -58,6 +72,8 @@ class Clip:
     _check_ratio(self.image_mask_ratio)
 
   def loss(self, model, params, batch, rng, *, train: bool = True):
+    check_dense_kernel(self.loss_impl, "clip", "use loss_impl='xla' (there is no chunked "
+                       "softmax loss yet).")
     zimg, ztxt, extras = _embed(model, params, batch, rng, train, self.image_mask_ratio)
     loss = softmax_loss(zimg, ztxt, extras["t"], impl=self.loss_impl)
     return loss, {"t": extras["t"]}
@@ -82,6 +98,9 @@ class Siglip:
     if "b" not in extras:
       raise ValueError("The siglip objective needs a model with a learned bias: "
                        "set config.model.bias_init (SigLIP uses -10).")
+    if not self.chunked:
+      check_dense_kernel(self.loss_impl, "siglip", "set config.objective.chunked=True (the "
+                         "ring of text chunks) or loss_impl='xla'.")
     axes = sharding.current_batch_axes() if self.chunked else ()
     if axes:
       # The abstract mesh of the jit trace: shard_map takes it as is, no concrete devices.
