@@ -12,7 +12,8 @@ import ml_collections
 
 
 def tiny_tower(**kw):
-  # attention_impl: xla | cudnn (GPU) | pallas (flash attention; interpreted on CPU).
+  # attention_impl: xla | cudnn (GPU) | pallas (flash attention; interpreted on CPU; splash on
+  # TPU) | auto (cuDNN or Pallas on GPU, splash on TPU, xla on CPU).
   # remat: none | full | dots_saveable (what each block keeps for the backward pass).
   # scan_layers: one nn.scan over the blocks (compile time flat in depth; FSDP gathers per layer).
   return dict(width=64, depth=2, mlp_dim=256, num_heads=4, attention_impl="xla", remat="none",
