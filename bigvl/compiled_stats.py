@@ -83,6 +83,7 @@ class _Instr:
   type: str
   op: str
   rest: str
+  operands: list[str] = dataclasses.field(default_factory=list)
 
 
 def _shapes(type_str: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -115,7 +116,9 @@ def parse_computations(hlo_text: str) -> tuple[dict[str, list[_Instr]], str | No
       continue
     m = _INSTR.match(line)
     if m:
-      comps[current].append(_Instr(*m.groups()))
+      ins = _Instr(*m.groups())
+      ins.operands = _operands(ins.rest)
+      comps[current].append(ins)
   return comps, entry
 
 
@@ -144,7 +147,7 @@ def _dot_flops(instr: _Instr, shapes: dict[str, str]) -> float:
   if not out:
     return 0.0
   out_elems = math.prod(out[0][1])
-  ops = _operands(instr.rest)
+  ops = instr.operands
   if instr.op == "dot":
     lhs = _shapes(shapes.get(ops[0], "")) if ops else []
     if not lhs:
@@ -164,42 +167,58 @@ def _dot_flops(instr: _Instr, shapes: dict[str, str]) -> float:
 _PASS_THROUGH = ("bitcast", "copy", "transpose", "reshape")
 
 
-def _only_sliced(comps, comp: str, value: str, depth: int = 0) -> bool:
+class _Users:
+  """Who uses each value of each computation: built once per computation, on first ask."""
+
+  def __init__(self, comps):
+    self.comps, self._index = comps, {}
+
+  def __call__(self, comp: str, value: str) -> list[_Instr]:
+    if comp not in self._index:
+      index: dict[str, list[_Instr]] = {}
+      for ins in self.comps[comp]:
+        for o in dict.fromkeys(ins.operands):
+          index.setdefault(o, []).append(ins)
+      self._index[comp] = index
+    return self._index[comp].get(value, [])
+
+
+def _only_sliced(users: _Users, comp: str, value: str, depth: int = 0) -> bool:
   """Whether every use of `value` in `comp` (through bitcasts, copies, transposes and into
   fusions) is the operand a dynamic-slice slices."""
-  users = [u for u in comps[comp] if value in _operands(u.rest)]
-  if not users or depth > 8:
+  uses = users(comp, value)
+  if not uses or depth > 8:
     return False
-  for u in users:
-    ops = _operands(u.rest)
-    if u.op == "dynamic-slice" and ops[0] == value:
+  comps = users.comps
+  for u in uses:
+    if u.op == "dynamic-slice" and u.operands[0] == value:
       continue
-    if u.op in _PASS_THROUGH and _only_sliced(comps, comp, u.name, depth + 1):
+    if u.op in _PASS_THROUGH and _only_sliced(users, comp, u.name, depth + 1):
       continue
     callee = re.search(r"calls=%?([\w.\-]+)", u.rest)
     if u.op == "fusion" and callee and callee.group(1) in comps:
       fused = callee.group(1)
       params = {int(p.rest.split(")")[0]): p.name for p in comps[fused] if p.op == "parameter"}
-      if all(_only_sliced(comps, fused, params[i], depth + 1)
-             for i, o in enumerate(ops) if o == value and i in params):
+      if all(_only_sliced(users, fused, params[i], depth + 1)
+             for i, o in enumerate(u.operands) if o == value and i in params):
         continue
     return False
   return True
 
 
-def _sliced_bytes(comps, comp: str, ins: _Instr) -> float:
+def _sliced_bytes(users: _Users, comp: str, ins: _Instr) -> float:
   """Bytes of the all-reduce `ins` whose results are only dynamic-sliced afterwards."""
   elements = _shapes(ins.type)
   if ins.type.lstrip().startswith("("):   # A combined all-reduce: one result per element.
     total = 0.0
-    for u in comps[comp]:
-      if u.op == "get-tuple-element" and _operands(u.rest)[:1] == [ins.name]:
+    for u in users(comp, ins.name):
+      if u.op == "get-tuple-element" and u.operands[:1] == [ins.name]:
         j = int(re.search(r"index=(\d+)", u.rest).group(1))
-        if j < len(elements) and _only_sliced(comps, comp, u.name):
+        if j < len(elements) and _only_sliced(users, comp, u.name):
           dt, dims = elements[j]
           total += _DTYPE_BYTES[dt] * math.prod(dims)
     return total
-  return float(_bytes(ins.type)) if _only_sliced(comps, comp, ins.name) else 0.0
+  return float(_bytes(ins.type)) if _only_sliced(users, comp, ins.name) else 0.0
 
 
 def analyse_text(hlo_text: str) -> StepStats:
@@ -239,6 +258,7 @@ def analyse_text(hlo_text: str) -> StepStats:
   collectives = {k: CollectiveTotal() for k in COLLECTIVES}
   custom: dict[str, int] = {}
   flops, sliced = 0.0, 0.0
+  users = _Users(comps)
   for name, instrs in comps.items():
     w = weight[name]
     if not w:
@@ -247,13 +267,13 @@ def analyse_text(hlo_text: str) -> StepStats:
     for ins in instrs:
       kind = ins.op[:-len("-start")] if ins.op.endswith("-start") else ins.op
       if kind in collectives:
-        ops = _operands(ins.rest)
+        ops = ins.operands
         # An async start's result tuple repeats its operand: count the larger buffer. A
         # combined (tuple) collective moves all of its elements.
         result = _bytes(ins.type, largest=ins.op.endswith("-start"))
         nbytes = max(result, sum(_bytes(shapes.get(o, "")) for o in ops))
         if kind == "all-reduce":
-          sliced += w * _sliced_bytes(comps, name, ins)
+          sliced += w * _sliced_bytes(users, name, ins)
         collectives[kind].count += int(round(w))
         collectives[kind].bytes += int(round(w * nbytes))
       elif ins.op in ("dot", "convolution"):

@@ -470,6 +470,22 @@ def resolved_blocks(head_dim: int, itemsize: int,
           for f in ("block_q", "block_k", "block_q_bwd", "block_k_bwd")}
 
 
+def check_inputs(kernel: str, q, k, v, mask) -> None:
+  """ValueError naming `kernel` unless q is (b, lq, h, d), k and v (b, lk, h, d) of q's dtype,
+  and mask None or a (b, lk) key-padding mask."""
+  if q.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or \
+     k.shape[2:] != q.shape[2:]:
+    raise ValueError(f"{kernel} expects q (b, lq, h, d) and k, v (b, lk, h, d); got "
+                     f"q {q.shape}, k {k.shape}, v {v.shape}.")
+  if not q.dtype == k.dtype == v.dtype:
+    raise ValueError(f"{kernel} needs one dtype for q, k, v; got {q.dtype}, {k.dtype}, "
+                     f"{v.dtype}.")
+  b, lk = q.shape[0], k.shape[1]
+  if mask is not None and mask.shape != (b, lk):
+    raise ValueError(f"{kernel} takes a key-padding mask of shape (batch, kv_len) = "
+                     f"{(b, lk)}; got {mask.shape}. Use impl='xla' for general masks.")
+
+
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                     mask: jax.Array | None = None, causal: bool = False,
                     block_sizes: BlockSizes | None = None, interpret: bool | None = None,
@@ -491,18 +507,9 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   Returns:
     (batch, q_len, heads, head_dim) in q's dtype.
   """
-  if q.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or \
-     k.shape[2:] != q.shape[2:]:
-    raise ValueError(f"flash_attention expects q (b, lq, h, d) and k, v (b, lk, h, d); got "
-                     f"q {q.shape}, k {k.shape}, v {v.shape}.")
-  if not q.dtype == k.dtype == v.dtype:
-    raise ValueError(f"flash_attention needs one dtype for q, k, v; got {q.dtype}, {k.dtype}, "
-                     f"{v.dtype}.")
+  check_inputs("flash_attention", q, k, v, mask)
   b, lq, h, d = q.shape
   lk = k.shape[1]
-  if mask is not None and mask.shape != (b, lk):
-    raise ValueError(f"flash_attention takes a key-padding mask of shape (batch, kv_len) = "
-                     f"{(b, lk)}; got {mask.shape}. Use impl='xla' for general masks.")
   run = functools.partial(_padded_attention, causal=causal, block_sizes=block_sizes,
                           num_warps=num_warps)
   if interpret is not None:

@@ -60,8 +60,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | Non
     args.append(mask)
     specs.append(P(b_spec if mask.shape[0] == q.shape[0] else None,
                    h_spec if mask.shape[1] == q.shape[2] else None, None, None))
-  local = (lambda q, k, v, m: call(q, k, v, m)) if mask is not None else (
-      lambda q, k, v: call(q, k, v, None))
+  local = call if mask is not None else (lambda q, k, v: call(q, k, v, None))
   # check_vma=False: the Pallas interpreter's and Triton's primitives carry no varying-axes
   # types, which the checks would require; the program is the same either way.
   return jax.shard_map(local, in_specs=tuple(specs), out_specs=qkv,

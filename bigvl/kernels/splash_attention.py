@@ -35,6 +35,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
+from bigvl.kernels import flash_attention
+
 # Mosaic's lane width: splash tiles its segment ids in 128-wide rows, so every block
 # (forward and backward, query and key) must be a multiple of it.
 LANES = 128
@@ -126,18 +128,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     (batch, q_len, heads, head_dim) in q's dtype; equal to `attention_reference` with the
     same masks, rows with no visible key included.
   """
-  if q.ndim != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or \
-     k.shape[2:] != q.shape[2:]:
-    raise ValueError(f"splash_attention expects q (b, lq, h, d) and k, v (b, lk, h, d); got "
-                     f"q {q.shape}, k {k.shape}, v {v.shape}.")
-  if not q.dtype == k.dtype == v.dtype:
-    raise ValueError(f"splash_attention needs one dtype for q, k, v; got {q.dtype}, "
-                     f"{k.dtype}, {v.dtype}.")
+  flash_attention.check_inputs("splash_attention", q, k, v, mask)
   b, lq, h, d = q.shape
   lk = k.shape[1]
-  if mask is not None and mask.shape != (b, lk):
-    raise ValueError(f"splash_attention takes a key-padding mask (batch, kv_len) = {(b, lk)}; "
-                     f"got {mask.shape}.")
   if segment_ids is not None and (segment_ids[0].shape != (b, lq) or
                                   segment_ids[1].shape != (b, lk)):
     raise ValueError(f"segment_ids must be (q_ids {(b, lq)}, kv_ids {(b, lk)}); got "
