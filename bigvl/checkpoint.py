@@ -10,8 +10,6 @@ been consumed; the RNG is part of the train state.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 
@@ -22,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bigvl import state as state_lib
+from bigvl import storage
 from bigvl.models import layer_scan
 from bigvl.optim import path_str
 
@@ -30,14 +29,30 @@ class LayoutError(ValueError):
   it is, and the message says how to use it."""
 
 
+# Where orbax-checkpoint can write arrays: local paths and gs:// (its tensorstore specs
+# know no other store; s3:// fails inside its save).
+SCHEMES = (None, "gs")
+
+
+def check_location(workdir: str) -> None:
+  """ValueError, before anything is written, for a workdir orbax cannot checkpoint into."""
+  kind = storage.scheme(workdir)
+  if kind not in SCHEMES:
+    raise ValueError(f"--workdir {workdir!r}: orbax-checkpoint writes checkpoints to local "
+                     f"paths and gs:// only, not {kind}://. Put the workdir on gs:// or a "
+                     "local/network disk; data, tokenizers and init_from can stay on "
+                     f"{kind}:// (docs/storage.md).")
+
+
 class Checkpointer:
   """Saves and restores `TrainState` under `workdir/checkpoints/<step>`."""
 
   def __init__(self, workdir: str, keep: int = 3, keep_every: int = 0, async_save: bool = True):
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    check_location(workdir)
+    self.workdir = storage.abspath(workdir)
+    self.directory = storage.join(self.workdir, "checkpoints")
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        storage.epath(self.directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
                                              create=True, enable_async_checkpointing=async_save),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -68,7 +83,7 @@ class Checkpointer:
     except Exception:  # Unreadable metadata: damaged, handled as such by the caller.
       return
     if isinstance(tree, dict) and state_lib.LAYOUT_FIELD not in tree:
-      path = os.path.join(self.directory, str(step))
+      path = storage.join(self.directory, str(step))
       raise LayoutError(
           f"Checkpoint {path} has the train-state layout of an older bigvl (no "
           f"'{state_lib.LAYOUT_FIELD}'; e.g. DINO's teacher and centre stored as params), "
@@ -90,9 +105,9 @@ class Checkpointer:
     """This process's data iterator state at `step`; None if the checkpoint has none for a
     run of this many processes (saved before data states existed, or by another process
     count), in which case the loader indexes its stream at the step instead."""
-    path = os.path.join(self.directory, str(step), "data",
+    path = storage.join(self.directory, str(step), "data",
                         f"process_{jax.process_index()}-of-{jax.process_count()}.json")
-    if not os.path.exists(path):
+    if not storage.exists(path):
       return None
     holder = _DataState(None)
     self.manager.restore(step, args=ocp.args.Composite(
@@ -110,11 +125,11 @@ class Checkpointer:
       try:
         return self.restore(step, state, shardings), step
       except Exception as e:  # Orbax/tensorstore raise many types for damaged files.
-        path = os.path.join(self.directory, str(step))
-        aside = os.path.join(self.workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+        path = storage.join(self.directory, str(step))
+        aside = storage.join(self.workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
         if jax.process_index() == 0:
-          os.makedirs(os.path.dirname(aside), exist_ok=True)
-          shutil.move(path, aside)
+          storage.makedirs(storage.dirname(aside))
+          storage.move(path, aside)  # On a store: copied, then deleted (docs/storage.md).
         print(f"WARNING: checkpoint {path} cannot be restored ({type(e).__name__}: "
               f"{str(e).splitlines()[0][:300]}). Moved it to {aside}; trying the previous "
               "checkpoint.", file=sys.stderr, flush=True)
@@ -146,12 +161,14 @@ class _DataState:
 
 def checkpoint_dir(path: str) -> tuple[str, int]:
   """A workdir, its checkpoints dir, or one step's dir -> (checkpoints dir, step)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(os.path.basename(path))
-  steps = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+  path = storage.abspath(path)
+  if storage.isdir(storage.join(path, "checkpoints")):
+    path = storage.join(path, "checkpoints")
+  if storage.basename(path).isdigit() and storage.isdir(storage.join(path, "state")):
+    return storage.dirname(path), int(storage.basename(path))
+  # A step's directory counts once orbax has committed it (on a store: its success marker).
+  steps = [int(n) for n in storage.listdir(path)
+           if n.isdigit() and storage.isdir(storage.join(path, n, "state"))]
   if not steps:
     raise FileNotFoundError(f"No checkpoint found at {path!r}: give a workdir, its "
                             "checkpoints/ directory, or one checkpoints/<step> directory.")
@@ -166,12 +183,13 @@ def load_params(path: str, *, objective_state: bool = False) -> dict[str, np.nda
   a Flamingo's `lm/` from. With `objective_state`, a training run's objective state comes
   too, under `objective_state/` (DINO's teacher: `objective_state/teacher/...`).
   """
-  converted = os.path.join(os.path.abspath(path), "params")
-  if os.path.isdir(converted) and os.path.exists(os.path.join(path, "config.json")):
-    params = ocp.StandardCheckpointer().restore(converted)
+  converted = storage.join(storage.abspath(path), "params")
+  if storage.isdir(converted) and storage.exists(storage.join(path, "config.json")):
+    params = ocp.StandardCheckpointer().restore(storage.epath(converted))
   else:
     directory, step = checkpoint_dir(path)
-    saved = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+    saved = ocp.StandardCheckpointer().restore(
+        storage.epath(storage.join(directory, str(step), "state")))
     params = saved["params"]
     if objective_state and saved.get("objective_state"):
       params = {**params, "objective_state": saved["objective_state"]}

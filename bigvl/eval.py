@@ -12,7 +12,6 @@ loop logs for that step (`eval/<name>/<metric>`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import jax
@@ -20,7 +19,7 @@ import ml_collections
 from absl import app, flags
 
 from bigvl import checkpoint as ckpt_lib
-from bigvl import config_lib
+from bigvl import config_lib, storage
 from bigvl import run as run_lib
 from bigvl import train
 
@@ -34,12 +33,11 @@ flags.DEFINE_bool("random_init", False,
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run wrote to `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     raise config_lib.ConfigError(f"{path} not found: give --config, or a workdir written by "
                                  "python -m bigvl.train.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
 def restore(config, workdir: str, step: int | None = None):
@@ -106,10 +104,9 @@ def main(argv) -> int:
     return 1
   if jax.process_index() == 0:
     name = "random_init.json" if FLAGS.random_init else f"step_{step}.json"
-    out = os.path.join(FLAGS.workdir, "eval_results", name)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-      json.dump({"step": step, **results}, f, indent=1)
+    out = storage.join(FLAGS.workdir, "eval_results", name)
+    storage.makedirs(storage.dirname(out))
+    storage.write(out, json.dumps({"step": step, **results}, indent=1))
     print(f"{step if FLAGS.random_init else f'step {step}'}: " +
           ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     print(f"Wrote {out}")

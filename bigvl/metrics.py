@@ -9,38 +9,72 @@ import os
 import sys
 import time
 
+from bigvl import storage
+
 
 class JsonlWriter:
-  """Appends `{"step": s, name: value, ...}` rows; only the writing process opens the file."""
+  """Appends `{"step": s, name: value, ...}` rows; only the writing process opens the file.
 
-  def __init__(self, path: str, enabled: bool = True):
+  Locally each row is appended to the file. An object store cannot append: there the
+  writer keeps the file's text and uploads it whole (one atomic object write) when a row
+  is written and at least `flush_every_s` seconds have passed since the last upload, and
+  on `close`; a row logged in the last seconds before a kill may be lost there, never a
+  torn row.
+  """
+
+  def __init__(self, path: str, enabled: bool = True, flush_every_s: float = 10.0):
     self.path = path
     self.enabled = enabled
+    self.remote = storage.is_remote(path)
+    self.flush_every_s = flush_every_s
+    self._text, self._dirty, self._last_upload = "", False, -float("inf")
     if enabled:
-      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+      storage.makedirs(storage.dirname(path) or ".")
+      if self.remote and storage.exists(path):
+        self._text = storage.read_text(path)  # A resumed run goes on after the earlier rows.
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
     row = {"step": int(step)}
     row.update({k: _to_json(v) for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = json.dumps(row) + "\n"
+    if not self.remote:
+      storage.append_text(self.path, line)
+      return
+    self._text += line
+    self._dirty = True
+    if time.monotonic() - self._last_upload >= self.flush_every_s:
+      self.flush()
+
+  def flush(self) -> None:
+    """Uploads the rows written so far (on a store; locally they are on disk already)."""
+    if self.remote and self._dirty:
+      storage.write(self.path, self._text)
+      self._dirty, self._last_upload = False, time.monotonic()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.flush()
 
 
 class TensorBoardWriter:
   """Scalars as TensorBoard event files under `logdir` (`tensorboard --logdir WORKDIR`).
 
   Written with the tensorboard package's own event-file writer and protos, so TensorFlow
-  is not needed. Only the writing process creates files.
+  is not needed. Only the writing process creates files. In an object store the event
+  file is uploaded whole after each write (stores cannot append; see `ObjectEventWriter`).
   """
 
   def __init__(self, logdir: str, enabled: bool = True):
     self.enabled = enabled
     self._writer = None
     if enabled:
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter
-      self._writer = EventFileWriter(logdir)
+      if storage.is_remote(logdir):
+        self._writer = ObjectEventWriter(logdir)
+      else:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        self._writer = EventFileWriter(logdir)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -74,6 +108,36 @@ class TensorBoardWriter:
       self._writer.close()
 
 
+class ObjectEventWriter:
+  """A TensorBoard event file in an object store: the records are framed in memory by
+  tensorboard's own RecordWriter and the object is uploaded whole at each flush (uploads
+  at most every `flush_every_s` seconds, and at close). Same file contents as
+  EventFileWriter writes locally; a new file per writer, as EventFileWriter does."""
+
+  def __init__(self, logdir: str, flush_every_s: float = 10.0):
+    import io
+    import socket
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    self.path = storage.join(logdir, f"events.out.tfevents.{time.time():010.0f}."
+                             f"{socket.gethostname()}.{os.getpid()}.0")
+    self._buffer = io.BytesIO()
+    self._records = RecordWriter(self._buffer)
+    self.flush_every_s, self._last = flush_every_s, -float("inf")
+    self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def add_event(self, event) -> None:
+    self._records.write(event.SerializeToString())
+
+  def flush(self, force: bool = False) -> None:
+    if force or time.monotonic() - self._last >= self.flush_every_s:
+      storage.write(self.path, self._buffer.getvalue())
+      self._last = time.monotonic()
+
+  def close(self) -> None:
+    self.flush(force=True)
+
+
 class Writers:
   """Writes every row to all of `writers` (metrics.jsonl and TensorBoard in a run)."""
 
@@ -97,8 +161,8 @@ class Writers:
 
 def run_writers(workdir: str, enabled: bool = True) -> Writers:
   """`workdir/metrics.jsonl` and TensorBoard events in `workdir/tensorboard/`."""
-  return Writers(JsonlWriter(os.path.join(workdir, "metrics.jsonl"), enabled),
-                 TensorBoardWriter(os.path.join(workdir, "tensorboard"), enabled))
+  return Writers(JsonlWriter(storage.join(workdir, "metrics.jsonl"), enabled),
+                 TensorBoardWriter(storage.join(workdir, "tensorboard"), enabled))
 
 
 def _to_json(v):
@@ -107,8 +171,8 @@ def _to_json(v):
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The rows of a metrics.jsonl (a path or a URL)."""
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def format_duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import jax
 
-from bigvl import atomic_file
+from bigvl import storage
 
 
 def _source(cfg) -> str:
@@ -32,14 +32,14 @@ def _command() -> str:
 def write(workdir: str, config, last_metrics: dict, step: int | None) -> str:
   """Writes `workdir/README.md`: what was trained, on what, the final metrics, and the
   commands to evaluate and convert this checkpoint. Returns its path."""
-  workdir = os.path.abspath(workdir)
+  workdir = storage.abspath(workdir)
   model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
   objective = dict(config.objective)
   evals = {k: v for k, v in last_metrics.items() if k.startswith("eval/")}
   train = {k: v for k, v in last_metrics.items()
            if k.startswith(("train/loss", "data/skipped", "train/skipped_steps"))}
   lines = [
-      f"# {os.path.basename(workdir)}: {model.get('name')} trained with {objective.get('name')}",
+      f"# {storage.basename(workdir)}: {model.get('name')} trained with {objective.get('name')}",
       "",
       f"Written by bigvl on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
       f"at the end of the run ({jax.device_count()} {jax.devices()[0].platform} device(s), "
@@ -81,8 +81,8 @@ def write(workdir: str, config, last_metrics: dict, step: int | None) -> str:
         f"python tools/convert_checkpoint.py to_hf {converted} {shlex.quote(workdir + '_hf')}",
     ]
   lines += ["```", "", "Command that trained it:", "", "```bash", _command(), "```", ""]
-  path = os.path.join(workdir, "README.md")
-  atomic_file.write(path, "\n".join(lines))
+  path = storage.join(workdir, "README.md")
+  storage.write(path, "\n".join(lines))
   return path
 
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bigvl import atomic_file, init_from, model_card
+from bigvl import init_from, model_card, storage
 from bigvl import checkpoint as ckpt_lib
 from bigvl import config_lib, metrics as metrics_lib
 from bigvl import mfu as mfu_lib
@@ -70,7 +70,9 @@ class _Preemption:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
-  os.makedirs(workdir, exist_ok=True)
+  workdir = storage.abspath(workdir)
+  ckpt_lib.check_location(workdir)
+  storage.makedirs(workdir)
   with compilation_cache(compilation_cache_dir(config, workdir)):
     return _train(config, workdir)
 
@@ -79,7 +81,7 @@ def _train(config, workdir: str) -> dict:
   run = run_lib.build(config, workdir)
   config, is_main = run.config, jax.process_index() == 0
   if is_main:
-    atomic_file.write(os.path.join(workdir, "config.json"), config.to_json(indent=2))
+    storage.write(storage.join(workdir, "config.json"), config.to_json(indent=2))
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                keep_every=config.keep_every)
   # Counted before the mesh is set: global shapes, outside any shard_map (traced, nothing run).
@@ -176,14 +178,19 @@ CACHE_DIR_NAME = ".bigvl_compilation_cache"
 def compilation_cache_dir(config, workdir: str) -> str | None:
   """Where `config.compilation_cache_dir` puts jax's persistent compilation cache: "auto"
   (the default) -> `<parent of workdir>/.bigvl_compilation_cache`, shared by the runs beside
-  this one; "" -> None (off); anything else is the directory itself."""
+  this one, or for a workdir in an object store `~/.cache/bigvl/compilation_cache` on
+  each host (jax reads and writes a cache entry per program; on a store each is a request,
+  and a host's own disk is the faster place); "" -> None (off); anything else is the
+  directory itself, local or a URL."""
   value = config_lib.with_defaults(config).compilation_cache_dir
   if not value:
     return None
   if value == "auto":
+    if storage.is_remote(workdir):
+      return os.path.join(os.path.expanduser("~"), ".cache", "bigvl", "compilation_cache")
     parent = os.path.dirname(os.path.abspath(workdir.rstrip(os.sep)))
     return os.path.join(parent, CACHE_DIR_NAME)
-  return os.path.abspath(os.path.expanduser(value))
+  return storage.abspath(value)
 
 
 # (jax option, value while the loop runs): cache every program that took >= 0.1 s to compile
@@ -201,7 +208,7 @@ def compilation_cache(path: str | None):
   names = ("jax_compilation_cache_dir",) + tuple(n for n, _ in CACHE_OPTIONS)
   previous = {n: getattr(jax.config, n) for n in names}
   if path is not None:
-    os.makedirs(path, exist_ok=True)
+    storage.makedirs(path)
   for name, value in (("jax_compilation_cache_dir", path),) + CACHE_OPTIONS:
     jax.config.update(name, value)
   cc.reset_cache()  # jax reads the directory once per process: make it read this one.

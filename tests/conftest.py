@@ -87,3 +87,39 @@ def demo_config():
       node[leaf] = v
     return config
   return make
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A GCS server (gcp-storage-emulator) on 127.0.0.1 for this test session
+  (tests/object_stores.py); its client variables are set in os.environ while it runs."""
+  import object_stores
+  with object_stores.gcs_server() as server:
+    with _env_while(server):
+      yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+  """An S3 server (moto) on 127.0.0.1 for this test session; its client variables are set
+  in os.environ while it runs."""
+  import object_stores
+  with object_stores.s3_server() as server:
+    with _env_while(server):
+      yield server
+
+
+class _env_while:
+  """Sets a server's client variables (and what bigvl.storage derives from them) in
+  os.environ, and restores the previous values after."""
+
+  def __init__(self, server):
+    self.server = server
+
+  def __enter__(self):
+    self.saved = dict(os.environ)
+    self.server.apply()
+
+  def __exit__(self, *exc):
+    os.environ.clear()
+    os.environ.update(self.saved)

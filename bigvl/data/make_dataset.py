@@ -26,7 +26,7 @@ import re
 import sys
 import time
 
-from bigvl import atomic_file
+from bigvl import storage
 from bigvl.data import ingest, records, shards
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -115,7 +115,7 @@ def verify_image(data: bytes) -> str | None:
 
 def _write_json(path: str, obj) -> None:
   # Atomic: an interrupted write leaves the previous version.
-  atomic_file.write(path, json.dumps(obj, indent=1))
+  storage.write(path, json.dumps(obj, indent=1))
 
 
 def _shard_name(split: str, k: int) -> str:
@@ -226,7 +226,7 @@ class Journal:
     lines = [json.dumps(e) + "\n" for e in [head, *self.shards]]
     if self.complete:
       lines.append(json.dumps({"complete": True}) + "\n")
-    atomic_file.write(self.path, "".join(lines))
+    storage.write(self.path, "".join(lines))
 
   def _append(self, entry: dict) -> None:
     with open(self.path, "a") as f:

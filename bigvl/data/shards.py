@@ -3,6 +3,11 @@
 `data_dir/dataset.json` lists each split's ArrayRecord shards and their counts; each
 record is a bigvl record (bigvl/data/records.py). Image bytes come back exactly as they
 were in the input files; the `decode` pp op decodes them.
+
+`data_dir` may be a URL. ArrayRecord's reader opens `gs://` shards itself (random access
+in place); shards under any other scheme (`s3://`, ...) are copied once to a local cache
+directory (`cache_dir`, default ~/.cache/bigvl/shards) and read from there: the reader has
+no client for those stores (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import concurrent.futures
 import json
 import os
 
+from bigvl import storage
 from bigvl.data import records
 from bigvl.registry import SOURCES
 
@@ -18,20 +24,22 @@ FORMAT = "bigvl-shards"
 VERSION = 1
 METADATA = "dataset.json"
 _FIX = "run tools/make_dataset.py --out {d} (again, with the same arguments, to finish it)"
+# Schemes ArrayRecord's C++ reader opens itself; shards under other URLs are copied locally.
+NATIVE_SCHEMES = (None, "gs")
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "bigvl", "shards")
 
 
 def read_metadata(data_dir: str) -> dict:
   """The parsed `dataset.json` of `data_dir`, checked for format and version."""
-  if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"Dataset directory not found: {data_dir!r}. Create it with "
-                            f"tools/make_dataset.py --out {data_dir} ...")
-  path = os.path.join(data_dir, METADATA)
-  if not os.path.isfile(path):
+  path = storage.join(data_dir, METADATA)
+  if not storage.exists(path):
+    if not storage.isdir(data_dir):
+      raise FileNotFoundError(f"Dataset directory not found: {data_dir!r}. Create it with "
+                              f"tools/make_dataset.py --out {data_dir} ...")
     raise FileNotFoundError(f"{path} not found: {data_dir!r} is not a finished bigvl dataset; "
                             + _FIX.format(d=data_dir) + ".")
   try:
-    with open(path) as f:
-      meta = json.load(f)
+    meta = json.loads(storage.read_text(path))
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e}); " + _FIX.format(d=data_dir) + ".") from e
   if meta.get("format") != FORMAT:
@@ -47,26 +55,32 @@ def read_metadata(data_dir: str) -> dict:
 class ShardSource:
   """Random-access examples of one split of a bigvl shards dataset."""
 
-  def __init__(self, data_dir: str, split: str = "train"):
+  def __init__(self, data_dir: str, split: str = "train", cache_dir: str = ""):
     meta = read_metadata(data_dir)
     splits = meta.get("splits", {})
     if split not in splits:
-      raise ValueError(f"{os.path.join(data_dir, METADATA)} has no split {split!r}; it has "
+      raise ValueError(f"{storage.join(data_dir, METADATA)} has no split {split!r}; it has "
                        f"{sorted(splits)}. Pick one, or convert it with tools/make_dataset.py "
                        f"--out {data_dir} --split {split} ...")
     info = splits[split]
     self.data_dir = data_dir
     self.split = split
-    self._paths = [os.path.join(data_dir, s["file"]) for s in info["shards"]]
+    self._paths = [storage.join(data_dir, s["file"]) for s in info["shards"]]
     self._counts = [int(s["count"]) for s in info["shards"]]
     if sum(self._counts) != info["count"]:
-      raise ValueError(f"{os.path.join(data_dir, METADATA)}: split {split!r} says "
+      raise ValueError(f"{storage.join(data_dir, METADATA)}: split {split!r} says "
                        f"{info['count']} examples but its shards hold {sum(self._counts)}; "
                        + _FIX.format(d=data_dir) + ".")
-    missing = [p for p in self._paths if not os.path.isfile(p)]
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(self._paths) or 1)) as pool:
+      found = list(pool.map(storage.isfile, self._paths))
+    missing = [p for p, ok in zip(self._paths, found) if not ok]
     if missing:
       raise FileNotFoundError(f"Split {split!r} of {data_dir!r}: {len(missing)} shard files are "
                               f"missing, e.g. {missing[0]}; " + _FIX.format(d=data_dir) + ".")
+    if storage.scheme(data_dir) not in NATIVE_SCHEMES:
+      cache = os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR)
+      with concurrent.futures.ThreadPoolExecutor(min(8, len(self._paths) or 1)) as pool:
+        self._paths = list(pool.map(lambda p: storage.local_copy(p, cache), self._paths))
     self.class_names = tuple(meta["class_names"]) if meta.get("class_names") else None
     self.features = meta.get("features", [])
     self._check_counts()  # Now, so that a changed shard fails at build time, not mid-training.

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
-from bigvl import atomic_file
+from bigvl import storage
 
 
 class Tokenizer:
@@ -27,11 +26,11 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
-    if not os.path.exists(path):
+    if not storage.exists(path):
       raise FileNotFoundError(f"Tokenizer model not found: {path!r}. Set config.data.tokenizer "
-                              "to a sentencepiece .model file, or to '' to train one.")
-    with open(path, "rb") as f:
-      return cls(f.read(), source=path)
+                              "to a sentencepiece .model file (a path or a gs:// / s3:// URL), "
+                              "or to '' to train one.")
+    return cls(storage.read_bytes(path), source=path)
 
   def encode(self, texts: Sequence[str] | str, length: int) -> np.ndarray:
     """Ids padded with pad_id; a text longer than `length` is cut and still ends in EOS."""
@@ -58,7 +57,7 @@ class Tokenizer:
     return self.sp.decode([i for i in ids if i != self.pad_id])
 
   def save(self, path: str) -> None:
-    atomic_file.write(path, self._proto)  # Every process of a run may save the same path.
+    storage.write(path, self._proto)  # Every process of a run may save the same path.
 
 
 def train(texts: Iterable[str], vocab_size: int, model_type: str = "bpe",
@@ -83,12 +82,12 @@ def get_or_train(path: str, workdir: str | None, texts_fn, vocab_size: int,
   """`path` if given; else the cached `workdir/tokenizer.model`; else train on `texts_fn()` and cache."""
   if path:
     return Tokenizer.load(path)
-  cached = os.path.join(workdir, "tokenizer.model") if workdir else None
-  if cached and os.path.exists(cached):
+  cached = storage.join(workdir, "tokenizer.model") if workdir else None
+  if cached and storage.exists(cached):
     return Tokenizer.load(cached)
   tok = train(texts_fn(), vocab_size, model_type, special_tokens)
   if cached:
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     tok.save(cached)
     tok.source = cached
   return tok
@@ -111,7 +110,7 @@ def train_to_file(texts: Sequence[str], path: str, vocab_size: int, model_type: 
   """
   texts = list(texts)
   tok = train(texts, vocab_size, model_type)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  storage.makedirs(storage.dirname(storage.abspath(path)))
   tok.save(path)
   return {"path": path, "vocab_size": tok.vocab_size, "num_texts": len(texts),
           "truncated_fraction": truncated_fraction(tok, texts, text_len)}

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bigvl import atomic_file
+from bigvl import storage
 from bigvl.data import digits, tokenizer as tok_lib
 
 
@@ -32,12 +32,12 @@ def test_processes_saving_the_same_tokenizer_at_once_all_succeed(tmp_path):
 @pytest.mark.unit
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
   path = str(tmp_path / "f.json")
-  atomic_file.write(path, "old")
+  storage.write(path, "old")
 
   class Boom:  # Not str or bytes: the write itself raises, after the temp file is opened.
     pass
 
   with pytest.raises(TypeError):
-    atomic_file.write(path, Boom())
+    storage.write(path, Boom())
   assert open(path).read() == "old"
   assert os.listdir(tmp_path) == ["f.json"]
