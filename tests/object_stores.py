@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -29,8 +30,9 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     if proc.poll() is not None:
+      proc.log.seek(0)
       raise RuntimeError(f"object-store server exited with {proc.returncode}: "
-                         f"{proc.stdout.read().decode(errors='replace')[-2000:]}")
+                         f"{proc.log.read().decode(errors='replace')[-2000:]}")
     try:
       urllib.request.urlopen(url, timeout=2)
       return
@@ -76,6 +78,15 @@ class Server:
     except subprocess.TimeoutExpired:
       self.proc.kill()
       self.proc.wait()
+    self.proc.log.close()
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+  # Its request log goes to a file: a pipe nobody reads fills up and blocks the server.
+  log = tempfile.TemporaryFile()
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+  proc.log = log
+  return proc
 
 
 def _bin(name: str) -> str:
@@ -91,9 +102,8 @@ def gcs_server():
   adds the generation header real GCS sends with an object's bytes)."""
   port = _free_port()
   launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator.py")
-  proc = subprocess.Popen([sys.executable, launcher, "start", "--host", "127.0.0.1",
-                           "--port", str(port), "--in-memory"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  proc = _start([sys.executable, launcher, "start", "--host", "127.0.0.1", "--port", str(port),
+                 "--in-memory"])
   url = f"http://127.0.0.1:{port}"
   server = Server("gcs", proc, url, {"STORAGE_EMULATOR_HOST": url,
                                      "GOOGLE_CLOUD_PROJECT": "test"})
@@ -108,8 +118,7 @@ def gcs_server():
 def s3_server():
   """moto's S3 server on a free port."""
   port = _free_port()
-  proc = subprocess.Popen([_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  proc = _start([_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)])
   url = f"http://127.0.0.1:{port}"
   server = Server("s3", proc, url, {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
                                     "AWS_SECRET_ACCESS_KEY": "testing",
