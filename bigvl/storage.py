@@ -276,4 +276,20 @@ def configure_emulators(environ=None) -> None:
   env.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
+def configure_listing_cache() -> None:
+  """Turns off fsspec's cache of directory listings for the object stores.
+
+  Other writers change a run's bucket behind this process's back (tensorstore writes the
+  checkpoint arrays, other hosts write their files, a resumed run sees its predecessor's),
+  and a cached listing would hide what they wrote: `exists` and `listdir` must ask the store.
+  """
+  try:
+    import fsspec
+  except ImportError:  # No fsspec, no store clients: nothing is cached.
+    return
+  for protocol in ("gs", "gcs", "s3", "s3a"):
+    fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
 configure_emulators()
+configure_listing_cache()

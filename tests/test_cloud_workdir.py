@@ -3,6 +3,7 @@ the GCS emulator, killed with SIGKILL after its first checkpoint and resumed by 
 command, ends with the params of a local-disk run, bit for bit; every file of the run is an
 object in the bucket and nothing is written under the process's working directory."""
 
+import json
 import os
 import signal
 import subprocess
@@ -67,7 +68,42 @@ def test_gcs_workdir_survives_sigkill_and_matches_a_local_run(tmp_path, gcs_serv
   steps = [r["step"] for r in metrics.read_jsonl(storage.join(workdir, "metrics.jsonl"))]
   assert max(steps) == 30
 
-  ours, theirs = checkpoint.load_params(workdir), checkpoint.load_params(str(local))
+  theirs = checkpoint.load_params(str(local))
+  _assert_params(checkpoint.load_params(workdir), theirs)
+
+  # bigvl.eval reads the run from the bucket and writes its results there.
+  ev = subprocess.run([sys.executable, "-m", "bigvl.eval", "--config", DEMO_SIGLIP,
+                       "--workdir", workdir, *ARGS[:1]], cwd=cwd, capture_output=True, text=True,
+                      env=dict(os.environ, **gcs_server.env()), timeout=300)
+  assert ev.returncode == 0, ev.stdout + ev.stderr
+  result = json.loads(storage.read_text(storage.join(workdir, "eval_results", "step_30.json")))
+  assert result["step"] == 30 and 0 <= result["eval/zeroshot_digits/top1"] <= 1
+
+  # A converted checkpoint written to and read from the bucket.
+  from bigvl.convert import api, bigvl_io, common
+  converted = storage.join(workdir + "_converted")
+  api.from_workdir(workdir, converted, progress=lambda _: None)
+  _, params = bigvl_io.load_converted(converted)
+  flat = {k: np.asarray(v) for k, v in common.flatten(params).items()}
+  for k, v in flat.items():
+    assert np.array_equal(v, theirs[k]), k
+
+  # A damaged newest checkpoint in the bucket is moved aside there; the run goes on from
+  # the previous one and ends where the local run did.
+  data = storage.join(workdir, "checkpoints", "30", "state", "ocdbt.process_0", "d")
+  for name in storage.listdir(data):
+    storage.remove(storage.join(data, name))
+  proc = _train(workdir, cwd, gcs_server.env())
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out
+  assert "cannot be restored" in out and "Resumed from checkpoint step 20" in out, out
+  aside = storage.listdir(storage.join(workdir, "corrupt_checkpoints"))
+  assert len(aside) == 1 and aside[0].startswith("30-"), aside
+  _assert_params(checkpoint.load_params(workdir), theirs)
+  assert os.listdir(cwd) == []
+
+
+def _assert_params(ours, theirs):
   assert ours.keys() == theirs.keys()
   for k in ours:
     assert np.array_equal(ours[k], theirs[k]), f"param {k} differs from the local run"

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from bigvl import storage
 from bigvl.convert import bigvl_io, common, hf_clip, hf_gpt2, hf_siglip, hf_vit, torch_io
 from bigvl.convert import open_clip as open_clip_format
 
@@ -212,17 +213,16 @@ def from_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   """
   from bigvl import checkpoint as ckpt_lib  # Loads orbax checkpoints of training runs.
 
-  bigvl_io.check_new_dir(os.path.abspath(out_dir))
-  cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_path):
+  bigvl_io.check_new_dir(storage.abspath(out_dir))
+  cfg_path = storage.join(workdir, "config.json")
+  if not storage.exists(cfg_path):
     raise FileNotFoundError(f"{cfg_path} not found: {workdir} is not a bigvl training workdir.")
-  with open(cfg_path) as f:
-    config = json.load(f)
+  config = json.loads(storage.read_text(cfg_path))
   model_cfg = config["model"]
   if model_cfg.get("name") not in ("vit", "two_towers"):
     raise common.ConversionError(f"Converted checkpoints hold vit or two_towers models; this "
                                  f"run trained {model_cfg.get('name')!r}.")
-  path = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
+  path = workdir if step is None else storage.join(workdir, "checkpoints", str(step))
   progress(f"reading {path}")
   params = ckpt_lib.load_params(path)
   prefix = "img/" if model_cfg["name"] == "two_towers" else ""
@@ -235,7 +235,7 @@ def from_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   meta = dict(image_size=int(image_size), channels=channels,
               text_len=int(config.get("data", {}).get("text_len") or 0) or None,
               image_mean=widen(image_mean), image_std=widen(image_std),
-              source=os.path.abspath(workdir), format="bigvl")
+              source=storage.abspath(workdir), format="bigvl")
   expected = bigvl_io.abstract_params(model_cfg, meta)
   for key, shape in expected.items():
     if key not in params or tuple(params[key].shape) != shape:
@@ -243,6 +243,6 @@ def from_workdir(workdir: str, out_dir: str, *, step: int | None = None,
       raise common.ConversionError(f"{workdir}: parameter {key} is {got}, the run's model "
                                    f"config builds {shape}.")
   params = {k: np.asarray(v, np.float32) for k, v in params.items() if k in expected}
-  tokenizer = os.path.join(workdir, "tokenizer.model")
-  extra = {"tokenizer.model": tokenizer} if os.path.exists(tokenizer) else {}
+  tokenizer = storage.join(workdir, "tokenizer.model")
+  extra = {"tokenizer.model": tokenizer} if storage.exists(tokenizer) else {}
   return bigvl_io.save_converted(out_dir, model_cfg, params, meta, progress, extra)

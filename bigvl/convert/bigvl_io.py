@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigvl import models
+from bigvl import models, storage
 from bigvl.convert import common
 
 CONFIG_FILE = "config.json"
@@ -79,15 +79,15 @@ def save_converted(out_dir: str, model_cfg: Mapping[str, Any], params: Mapping[s
     The absolute output directory.
   """
   with atomic_dir(out_dir) as tmp:
-    progress(f"writing {len(params)} arrays to {os.path.abspath(out_dir)}")
+    progress(f"writing {len(params)} arrays to {storage.abspath(out_dir)}")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, PARAMS_DIR), common.unflatten(params))
     checkpointer.wait_until_finished()
     write_json(os.path.join(tmp, CONFIG_FILE), model_cfg)
     write_json(os.path.join(tmp, META_FILE), meta)
     for name, src in (extra_files or {}).items():
-      shutil.copy(src, os.path.join(tmp, name))
-  return os.path.abspath(out_dir)
+      storage.copy_file(src, os.path.join(tmp, name))
+  return storage.abspath(out_dir)
 
 
 @contextlib.contextmanager
@@ -95,7 +95,20 @@ def atomic_dir(out_dir: str):
   """Yields a temporary sibling of `out_dir`, renamed to `out_dir` when the block completes.
 
   A failure (or a kill) leaves no `out_dir`; the temporary directory is removed on failure.
+  For an `out_dir` in an object store (no rename there) the block fills a local temporary
+  directory, whose files are then uploaded with config.json last: `load_converted` takes
+  a directory without config.json for no checkpoint at all.
   """
+  if storage.is_remote(out_dir):
+    check_new_dir(out_dir)
+    with tempfile.TemporaryDirectory(prefix="bigvl-convert-") as tmp:
+      yield tmp
+      check_new_dir(out_dir)
+      files = [os.path.relpath(os.path.join(root, f), tmp)
+               for root, _, names in os.walk(tmp) for f in names]
+      for rel in sorted(files, key=lambda r: r == CONFIG_FILE):
+        storage.copy_file(os.path.join(tmp, rel), storage.join(out_dir, *rel.split(os.sep)))
+    return
   out_dir = os.path.abspath(out_dir)
   check_new_dir(out_dir)
   parent = os.path.dirname(out_dir)
@@ -111,7 +124,7 @@ def atomic_dir(out_dir: str):
 
 
 def check_new_dir(out_dir: str) -> None:
-  if os.path.exists(out_dir):
+  if storage.exists(out_dir):
     raise FileExistsError(f"Output directory {out_dir} already exists; conversion never overwrites."
                           " Choose a new output path or remove the old one.")
 
@@ -126,8 +139,7 @@ def write_json(path: str, obj) -> None:
 
 def load_meta(out_dir: str) -> dict[str, Any]:
   """meta.json of a converted checkpoint (image size, normalisation, text length, source)."""
-  with open(os.path.join(out_dir, META_FILE)) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(storage.join(out_dir, META_FILE)))
 
 
 def load_converted(out_dir: str) -> tuple[nn.Module, dict]:
@@ -140,14 +152,14 @@ def load_converted(out_dir: str) -> tuple[nn.Module, dict]:
     FileNotFoundError if `out_dir` is not a converted checkpoint; ConversionError naming the
     first parameter whose shape differs from what config.json builds.
   """
-  cfg_path = os.path.join(out_dir, CONFIG_FILE)
-  if not os.path.exists(cfg_path) or not os.path.isdir(os.path.join(out_dir, PARAMS_DIR)):
+  cfg_path = storage.join(out_dir, CONFIG_FILE)
+  if not storage.exists(cfg_path) or not storage.isdir(storage.join(out_dir, PARAMS_DIR)):
     raise FileNotFoundError(f"{out_dir} is not a converted bigvl checkpoint (no {CONFIG_FILE} and "
                             f"{PARAMS_DIR}/); create one with tools/convert_checkpoint.py.")
-  with open(cfg_path) as f:
-    model_cfg = json.load(f)
+  model_cfg = json.loads(storage.read_text(cfg_path))
   meta = load_meta(out_dir)
-  restored = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(out_dir, PARAMS_DIR)))
+  restored = ocp.StandardCheckpointer().restore(
+      storage.epath(storage.abspath(storage.join(out_dir, PARAMS_DIR))))
   flat = common.flatten(restored)
   expected = abstract_params(model_cfg, meta)
   for path, shape in expected.items():
