@@ -185,11 +185,10 @@ def load_params(path: str, *, objective_state: bool = False) -> dict[str, np.nda
   """
   converted = storage.join(storage.abspath(path), "params")
   if storage.isdir(converted) and storage.exists(storage.join(path, "config.json")):
-    params = ocp.StandardCheckpointer().restore(storage.epath(converted))
+    params = restore_on_one_device(converted)
   else:
     directory, step = checkpoint_dir(path)
-    saved = ocp.StandardCheckpointer().restore(
-        storage.epath(storage.join(directory, str(step), "state")))
+    saved = restore_on_one_device(storage.join(directory, str(step), "state"))
     params = saved["params"]
     if objective_state and saved.get("objective_state"):
       params = {**params, "objective_state": saved["objective_state"]}
@@ -200,6 +199,20 @@ def load_params(path: str, *, objective_state: bool = False) -> dict[str, np.nda
     key = key[:-len("/value")] if key.endswith("/value") else key  # A saved logical box.
     out[key] = np.asarray(leaf)
   return out
+
+
+def restore_on_one_device(path: str):
+  """The pytree an orbax StandardCheckpointer saved at `path`, restored onto this process's
+  first device whatever mesh and process count saved it (orbax, left to itself, rebuilds
+  the saved sharding and fails on another topology)."""
+  ckptr = ocp.StandardCheckpointer()
+  where = storage.epath(path)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+      if hasattr(m, "shape") and hasattr(m, "dtype") else m,
+      ckptr.metadata(where).item_metadata)
+  return ckptr.restore(where, target)
 
 
 def subtree(loaded: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

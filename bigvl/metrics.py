@@ -3,6 +3,7 @@ the progress line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -108,6 +109,9 @@ class TensorBoardWriter:
       self._writer.close()
 
 
+_EVENT_FILES = itertools.count()
+
+
 class ObjectEventWriter:
   """A TensorBoard event file in an object store: the records are framed in memory by
   tensorboard's own RecordWriter and the object is uploaded whole at each flush (uploads
@@ -119,8 +123,9 @@ class ObjectEventWriter:
     import socket
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
+    # EventFileWriter's name; the counter keeps two writers of one process in one second apart.
     self.path = storage.join(logdir, f"events.out.tfevents.{time.time():010.0f}."
-                             f"{socket.gethostname()}.{os.getpid()}.0")
+                             f"{socket.gethostname()}.{os.getpid()}.{next(_EVENT_FILES)}")
     self._buffer = io.BytesIO()
     self._records = RecordWriter(self._buffer)
     self.flush_every_s, self._last = flush_every_s, -float("inf")

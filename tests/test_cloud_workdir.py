@@ -107,3 +107,46 @@ def _assert_params(ours, theirs):
   assert ours.keys() == theirs.keys()
   for k in ours:
     assert np.array_equal(ours[k], theirs[k]), f"param {k} differs from the local run"
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_gcs_workdir(tmp_path, gcs_server):
+  """What a pod does: 2 processes x 4 devices, FSDP over all 8, one gs:// workdir. Process 0
+  writes the logs, both write their checkpoint shards; the result equals one process with
+  8 devices on local disk."""
+  import socket
+  mesh = ["--config.sharding.mesh={'data': 1, 'fsdp': 8, 'tensor': 1}",
+          "--config.sharding.rules=fsdp"]
+  args = ["--config.total_steps=10", "--config.checkpoint_every=5", "--config.log_every=1",
+          "--config.evals={}", *mesh]
+  devices = lambda n: {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+  local = tmp_path / "local"
+  run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(local), *args], env=devices(8),
+            check=True)
+
+  workdir = storage.join(gcs_server.bucket(), "pod")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **gcs_server.env(), **devices(4))
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "bigvl.train", "--config", DEMO_SIGLIP, "--workdir", workdir,
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={p}",
+       *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for p in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  assert "8 devices in 2 process(es)" in outs[0]
+  assert set(storage.listdir(storage.join(workdir, "checkpoints"))) == {"5", "10"}
+  state = storage.listdir(storage.join(workdir, "checkpoints", "10", "state"))
+  assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(state), state
+
+  ours = [r["train/loss"] for r in metrics.read_jsonl(storage.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r]
+  theirs = [r["train/loss"] for r in metrics.read_jsonl(str(local / "metrics.jsonl"))
+            if "train/loss" in r]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+  a, b = checkpoint.load_params(workdir), checkpoint.load_params(str(local))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)

@@ -86,3 +86,32 @@ def test_a_workdir_orbax_cannot_checkpoint_into_is_refused_before_writing(s3_ser
                      r"s3://\. Put the workdir on gs://"):
     checkpoint.Checkpointer(storage.join(bucket, "run"))
   assert storage.listdir(bucket) == []
+
+
+def test_metrics_and_tensorboard_in_a_bucket_read_back(gcs_server, tmp_path):
+  from tensorboard.backend.event_processing import event_file_loader
+  from bigvl import metrics
+  workdir = storage.join(gcs_server.bucket(), "run")
+  writers = metrics.run_writers(workdir)
+  for step in (1, 2, 3):
+    writers.write(step, {"train/loss": 1.0 / step})
+  writers.close()
+  rows = metrics.read_jsonl(storage.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  # A resumed run's writer goes on after the rows already in the object.
+  again = metrics.run_writers(workdir)
+  again.write(4, {"train/loss": 0.25})
+  again.close()
+  assert [r["step"] for r in metrics.read_jsonl(storage.join(workdir, "metrics.jsonl"))] == [
+      1, 2, 3, 4]
+  # The event files are what TensorBoard's own loader reads (the raw events, as written).
+  tb = storage.join(workdir, "tensorboard")
+  names = storage.listdir(tb)
+  assert len(names) == 2 and all(n.startswith("events.out.tfevents.") for n in names)
+  local = tmp_path / names[0]
+  local.write_bytes(storage.read_bytes(storage.join(tb, names[0])))
+  events = list(event_file_loader.LegacyEventFileLoader(str(local)).Load())
+  assert events[0].file_version == "brain.Event:2"
+  scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
+  assert scalars == [(1, "train/loss", 1.0), (2, "train/loss", 0.5),
+                     (3, "train/loss", pytest.approx(1 / 3))]

@@ -171,18 +171,17 @@ def to_hf(bigvl_dir: str, out_dir: str, *, family: str | None = None,
   Returns:
     The absolute path of `out_dir`.
   """
-  bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  bigvl_io.check_new_dir(storage.abspath(out_dir))
   progress(f"reading {bigvl_dir}")
   _, params = bigvl_io.load_converted(bigvl_dir)
-  with open(os.path.join(bigvl_dir, bigvl_io.CONFIG_FILE)) as f:
-    model_cfg = json.load(f)
+  model_cfg = json.loads(storage.read_text(storage.join(bigvl_dir, bigvl_io.CONFIG_FILE)))
   meta = bigvl_io.load_meta(bigvl_dir)
   hf_cfg, state = to_hf_state(model_cfg, meta, params, family)
   with bigvl_io.atomic_dir(out_dir) as tmp:
     hf_cfg.save_pretrained(tmp)
     torch_io.write_safetensors(os.path.join(tmp, "model.safetensors"), state, progress)
-  progress(f"wrote {os.path.abspath(out_dir)}")
-  return os.path.abspath(out_dir)
+  progress(f"wrote {storage.abspath(out_dir)}")
+  return storage.abspath(out_dir)
 
 
 def _image_size_from(params: Mapping[str, np.ndarray], image_prefix: str) -> int | None:
