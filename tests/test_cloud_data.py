@@ -72,3 +72,32 @@ def test_training_on_s3_shards_logs_the_losses_of_local_shards(tmp_path, dataset
     losses[name] = [r["train/loss"] for r in metrics.read_jsonl(
         str(tmp_path / name / "metrics.jsonl")) if "train/loss" in r]
   assert len(losses["s3"]) == 6 and losses["s3"] == losses["local"]
+
+
+def test_make_dataset_from_and_to_a_bucket_writes_the_local_bytes(tmp_path, gcs_server):
+  """tools/make_dataset.py with webdataset tars in gs:// and --out gs://: the same shard
+  files, skipped list and dataset.json as a local conversion; a rerun of a finished split
+  writes nothing new."""
+  make_webdataset(tmp_path / "wds")
+  local = tmp_path / "ds"
+  code, log = run(["--out", local, "--webdataset", tmp_path / "wds", "--examples_per_shard", 4])
+  assert code == 0, log
+  bucket = gcs_server.bucket()
+  tars = storage.join(bucket, "raw")
+  _upload(str(tmp_path / "wds"), tars)
+  out = storage.join(bucket, "ds")
+  code, log = run(["--out", out, "--webdataset", tars, "--examples_per_shard", 4])
+  assert code == 0, log
+  names = sorted(n for n in os.listdir(local) if not n.startswith("."))
+  assert [n for n in storage.listdir(out) if not n.startswith(".")] == names
+  for name in names:
+    if name == "dataset.json":  # Names its inputs: the URLs here, local paths there.
+      import json
+      ours, theirs = (json.loads(storage.read_text(storage.join(out, name))),
+                      json.loads((local / name).read_text()))
+      ours.pop("source"), theirs.pop("source")
+      assert ours == theirs
+    else:
+      assert storage.read_bytes(storage.join(out, name)) == (local / name).read_bytes(), name
+  code, log = run(["--out", out, "--webdataset", tars, "--examples_per_shard", 4])
+  assert code == 0 and "Wrote" in log, log

@@ -34,6 +34,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from bigvl import storage
 from bigvl.registry import SOURCES
 
 IMAGE_COLUMNS = ("image", "file", "path", "filename")
@@ -316,11 +317,11 @@ def expand_tar_paths(spec: str | Sequence[str]) -> list[str]:
   paths = []
   for part in parts:
     for item in _expand_braces(part):
-      if os.path.isdir(item):
-        paths += glob.glob(os.path.join(item, "*.tar"))
+      if storage.isdir(item):
+        paths += storage.glob(storage.join(item, "*.tar"))
       elif glob.has_magic(item):
-        paths += [p for p in glob.glob(item) if p.endswith(".tar") and os.path.isfile(p)]
-      elif os.path.isfile(item):
+        paths += [p for p in storage.glob(item) if p.endswith(".tar") and storage.isfile(p)]
+      elif storage.isfile(item):
         paths.append(item)
       else:
         raise FileNotFoundError(f"Webdataset shard not found: {item!r}. Pass existing .tar "
@@ -331,8 +332,9 @@ def expand_tar_paths(spec: str | Sequence[str]) -> list[str]:
   return sorted(set(paths))
 
 
-def _split_name(name: str) -> tuple[str, str]:
-  # webdataset convention: the key runs up to the first dot of the file's basename.
+def split_member_name(name: str) -> tuple[str, str]:
+  """(key, extension) of a tar member's name: the key runs up to the first dot of the
+  basename (the webdataset convention); the extension is lower-cased."""
   if name.startswith("./"):
     name = name[2:]
   head, base = os.path.split(name)
@@ -340,7 +342,8 @@ def _split_name(name: str) -> tuple[str, str]:
   return (os.path.join(head, stem) if head else stem), ext.lower()
 
 
-def _group_example(key: str, files: dict[str, bytes]) -> dict | Skipped:
+def group_example(key: str, files: dict[str, bytes]) -> dict | Skipped:
+  """The example of one key group (`files`: extension -> member bytes), or Skipped."""
   ext = next((e for e in IMAGE_EXTS if e in files), None)
   if ext is None:
     return Skipped(key, f"no image member ({'/'.join(IMAGE_EXTS)}); has {sorted(files) or 'none'}")
@@ -370,12 +373,12 @@ class WebDatasetReader(_Reader):
     self.class_names = None
     self.skipped: list[Skipped] = []
     self.description = f"webdataset {len(self.paths)} tars: " + ", ".join(
-        os.path.abspath(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
+        storage.abspath(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
 
   def signature(self) -> dict:
     """What identifies these inputs: a resumed conversion must see the same."""
     return {"kind": "webdataset",
-            "tars": [[os.path.abspath(p), os.path.getsize(p)] for p in self.paths]}
+            "tars": [[storage.abspath(p), storage.getsize(p)] for p in self.paths]}
 
   def items(self, start: int = 0) -> Iterator[dict | Skipped]:
     """Every key group from group `start` on: an example, or Skipped (e.g. no image).
@@ -386,15 +389,15 @@ class WebDatasetReader(_Reader):
     for path in self.paths:
       key, files = None, {}
       try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with storage.open_file(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
           for m in tar:
             if not m.isfile():
               continue
-            k, ext = _split_name(m.name)
+            k, ext = split_member_name(m.name)
             if k != key:
               if key is not None:
                 if index >= start:
-                  yield _group_example(key, files)
+                  yield group_example(key, files)
                 index += 1
               key, files = k, {}
             # Streaming: a member's data can only be read before moving past it.
@@ -405,7 +408,7 @@ class WebDatasetReader(_Reader):
                          "tar; re-download it or leave it out of --webdataset.") from e
       if key is not None:
         if index >= start:
-          yield _group_example(key, files)
+          yield group_example(key, files)
         index += 1
 
 

@@ -11,6 +11,13 @@ in `OUT/<split>-skipped.txt`. Shard k holds input items [k*S, (k+1)*S) less the 
 An interrupted run resumes: running the same command again keeps the finished shards
 (recorded in `OUT/.<split>-progress.jsonl`) and continues after them.
 
+With `--engine beam` an Apache Beam pipeline writes the same files, byte for byte, its
+workers writing shards in parallel (bigvl/data/make_dataset_beam.py); the arguments
+this tool does not know are Beam pipeline options:
+
+  python tools/make_dataset.py --out /data/cc3m --webdataset '/raw/cc3m/*.tar' \
+      --engine beam --direct_num_workers 8
+
 Exit status: 0 done, 1 conversion failed, 2 bad arguments or inputs, 130 interrupted.
 """
 
@@ -24,6 +31,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 
 from bigvl import storage
@@ -113,16 +121,18 @@ def verify_image(data: bytes) -> str | None:
   return None
 
 
-def _write_json(path: str, obj) -> None:
-  # Atomic: an interrupted write leaves the previous version.
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as JSON to `path` atomically: an interrupted write leaves the old version."""
   storage.write(path, json.dumps(obj, indent=1))
 
 
-def _shard_name(split: str, k: int) -> str:
+def shard_name(split: str, k: int) -> str:
+  """The file name of shard `k` of `split`."""
   return f"{split}-{k:05d}.array_record"
 
 
-def _features(examples) -> list[str]:
+def example_features(examples) -> list[str]:
+  """The sorted feature names `examples` carry (dataset.json's `features`)."""
   found = {"key", "image"}
   for ex in examples:
     if ex["texts"]:
@@ -134,7 +144,8 @@ def _features(examples) -> list[str]:
   return sorted(found)
 
 
-def _formats(examples) -> dict[str, int]:
+def image_formats(examples) -> dict[str, int]:
+  """How many of `examples` hold each image format, in order of first appearance."""
   out: dict[str, int] = {}
   for ex in examples:
     f = records.sniff_format(ex["image"])
@@ -142,24 +153,68 @@ def _formats(examples) -> dict[str, int]:
   return out
 
 
-def _check(item, verify: bool):
+def check_item(item, verify: bool):
+  """`item` (an example or ingest.Skipped), or Skipped when `verify` and its image fails to
+  decode."""
   if isinstance(item, ingest.Skipped) or not verify:
     return item
   reason = verify_image(item["image"])
   return ingest.Skipped(item["key"], reason) if reason else item
 
 
-def _write_shard(path: str, examples) -> None:
+def check_chunk(chunk, verify: bool, pool) -> tuple[list[dict], list[ingest.Skipped]]:
+  """The examples of `chunk` that are kept and the Skipped ones, each in input order."""
+  # PIL releases the GIL while decoding, so threads verify in parallel; map keeps order.
+  checked = list(pool.map(lambda it: check_item(it, verify), chunk))
+  kept = [it for it in checked if not isinstance(it, ingest.Skipped)]
+  dropped = [it for it in checked if isinstance(it, ingest.Skipped)]
+  return kept, dropped
+
+
+def shard_entry(name: str, items: int, kept, dropped) -> dict:
+  """What a finished shard records (a progress-file line): file, counts, skipped keys, ..."""
+  return {"file": name, "count": len(kept), "items": items,
+          "skipped": [list(s) for s in dropped], "features": example_features(kept),
+          "image_formats": image_formats(kept)}
+
+
+def write_records(path: str, examples) -> None:
+  """Writes `examples` as the ArrayRecord file `path` (a local path), in order."""
   from array_record.python.array_record_module import ArrayRecordWriter
-  # One writer per shard path: a fixed name, so a rerun after a kill overwrites the leftover.
-  tmp = path + ".tmp"
-  writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+  writer = ArrayRecordWriter(path, WRITER_OPTIONS)
   try:
     for ex in examples:
       writer.write(records.encode(ex))
   finally:
     writer.close()
+
+
+def _write_shard(path: str, examples) -> None:
+  if storage.is_remote(path):
+    # ArrayRecord writes local files: the shard is made locally, then uploaded as one object
+    # (an object exists only once uploaded whole).
+    with tempfile.TemporaryDirectory(prefix="bigvl-shard-") as tmp:
+      local = os.path.join(tmp, "shard.array_record")
+      write_records(local, examples)
+      storage.copy_file(local, path)
+    return
+  # One writer per shard path: a fixed name, so a rerun after a kill overwrites the leftover.
+  tmp = path + ".tmp"
+  write_records(tmp, examples)
   os.replace(tmp, path)  # A shard file exists only once it is complete.
+
+
+def split_exists(out: str, split: str, meta: dict | None) -> bool:
+  """Whether `out` holds split `split`: in its dataset.json `meta`, or as shard files."""
+  pattern = re.escape(split) + r"-\d+\.array_record"
+  return bool(meta and split in meta.get("splits", {})) or any(
+      re.fullmatch(pattern, f) for f in storage.listdir(out))
+
+
+def config_differences(old: dict, config: dict) -> str:
+  """The arguments in which `config` differs from the recorded `old`, for a message."""
+  return "; ".join(f"{k}: recorded {old.get(k)!r}, now {config[k]!r}"
+                   for k in config if old.get(k) != config[k])
 
 
 # ----------------------------------------------------------------------------- journal
@@ -179,20 +234,17 @@ class Journal:
   @classmethod
   def open(cls, out: str, split: str, config: dict, meta: dict | None, log) -> "Journal":
     """The journal of an earlier run with the same `config`, or a new one."""
-    path = os.path.join(out, f".{split}-progress.jsonl")
-    if not os.path.exists(path):
-      pattern = re.escape(split) + r"-\d+\.array_record"
-      if (meta and split in meta.get("splits", {})) or any(
-          re.fullmatch(pattern, f) for f in os.listdir(out)):
+    path = storage.join(out, f".{split}-progress.jsonl")
+    if not storage.exists(path):
+      if split_exists(out, split, meta):
         raise UsageError(f"{out} already has split {split!r} (from another conversion, with "
                          "no progress file). Pick another --out or --split, or delete "
-                         f"{os.path.join(out, split)}-*.array_record first.")
+                         f"{storage.join(out, split)}-*.array_record first.")
       journal = cls(path, config, [], False)
       # Written now: a later run with other arguments is refused even if this one crashes.
       journal.rewrite()
       return journal
-    with open(path) as f:
-      lines = f.read().splitlines()
+    lines = storage.read_text(path).splitlines()
     entries = []
     for line in lines:
       try:
@@ -201,15 +253,14 @@ class Journal:
         break  # A line torn by a crash: its shard is written again.
     if not entries or entries[0].get("version") != JOURNAL_VERSION:
       raise UsageError(f"{path} is not a progress file of this bigvl; delete it and "
-                       f"{os.path.join(out, split)}-*.array_record to start over.")
+                       f"{storage.join(out, split)}-*.array_record to start over.")
     old = entries[0].get("config", {})
     if old != config:
-      diff = [f"{k}: recorded {old.get(k)!r}, now {config[k]!r}"
-              for k in config if old.get(k) != config[k]]
       raise UsageError(
           f"{path} records a conversion of split {split!r} with other arguments ("
-          + "; ".join(diff) + "). Re-run with the recorded arguments to resume it, or delete "
-          f"{path} and {os.path.join(out, split)}-*.array_record to start over.")
+          + config_differences(old, config) + "). Re-run with the recorded arguments to "
+          f"resume it, or delete {path} and {storage.join(out, split)}-*.array_record to start "
+          "over.")
     shards = [e for e in entries[1:] if "file" in e]
     journal = cls(path, config, shards, any(e.get("complete") for e in entries[1:]))
     if len(entries) < len(lines):
@@ -229,10 +280,8 @@ class Journal:
     storage.write(self.path, "".join(lines))
 
   def _append(self, entry: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(entry) + "\n")
-      f.flush()
-      os.fsync(f.fileno())  # The shard counts as done only once this line is on disk.
+    # The shard counts as done only once this line is on disk (fsync) or in the store.
+    storage.append_text(self.path, json.dumps(entry) + "\n", fsync=True)
 
   def add(self, entry: dict) -> None:
     self._append(entry)
@@ -252,8 +301,9 @@ class Journal:
     return [s for shard in self.shards for s in shard["skipped"]]
 
 
-def _merge_metadata(meta: dict | None, split: str, done: list[dict], description: str,
-                    class_names) -> dict:
+def merge_metadata(meta: dict | None, split: str, done: list[dict], description: str,
+                   class_names) -> dict:
+  """dataset.json `meta` (None: a new one) with split `split` made of the shards `done`."""
   meta = dict(meta or {"format": shards.FORMAT, "version": shards.VERSION, "splits": {},
                        "source": {}})
   formats: dict[str, int] = {}
@@ -278,25 +328,23 @@ def _merge_metadata(meta: dict | None, split: str, done: list[dict], description
 # ----------------------------------------------------------------------------- convert
 
 
-def convert(reader, out: str, split: str, *, examples_per_shard: int = 1000,
-            verify_images: bool = True, workers: int = 4, log=None,
-            stop_after_shards: int | None = None) -> dict:
-  """Writes the items of `reader` (an ingest reader) as split `split` of the dataset `out`.
+def check_output(reader, out: str, split: str, *, examples_per_shard: int,
+                 verify_images: bool) -> tuple[dict | None, dict]:
+  """Checks the arguments and `out` (created if missing) before any conversion work.
 
-  Returns the split's entry of dataset.json. `stop_after_shards` raises after that many
-  shards of this run are written (tests use it to simulate an interruption).
+  Returns `out`'s dataset.json (None when it has none yet) and the conversion's config: what
+  a resumed run must repeat (inputs, examples_per_shard, verify_images).
   """
-  log = log or sys.stderr
   if not re.fullmatch(r"[A-Za-z0-9_.]+", split):
     raise UsageError(f"--split {split!r}: use letters, digits, '_' and '.' only.")
   if examples_per_shard < 1:
     raise UsageError(f"--examples_per_shard {examples_per_shard}: must be at least 1.")
-  if os.path.exists(out) and not os.path.isdir(out):
+  if storage.exists(out) and not storage.isdir(out):
     raise UsageError(f"--out {out!r} is a file; pass a directory.")
-  os.makedirs(out, exist_ok=True)
-  meta_path = os.path.join(out, shards.METADATA)
+  storage.makedirs(out)
+  meta_path = storage.join(out, shards.METADATA)
   try:
-    meta = shards.read_metadata(out) if os.path.exists(meta_path) else None
+    meta = shards.read_metadata(out) if storage.exists(meta_path) else None
   except ValueError as e:
     raise UsageError(f"{e} Pick another --out.") from e
   known = meta.get("class_names") if meta else None
@@ -312,6 +360,39 @@ def convert(reader, out: str, split: str, *, examples_per_shard: int = 1000,
                        "--verify_images=false.") from e
   config = {"inputs": reader.signature(), "examples_per_shard": examples_per_shard,
             "verify_images": verify_images}
+  return meta, config
+
+
+def finish_split(out: str, split: str, done: list[dict], meta: dict | None, reader,
+                 log) -> dict:
+  """Writes `<split>-skipped.txt` and dataset.json for the finished shards `done` (their
+  entries, in shard order); returns the split's entry of dataset.json."""
+  skipped = [s for shard in done for s in shard["skipped"]]
+  where = storage.join(out, split)
+  storage.write(f"{where}-skipped.txt", "".join(f"{key}\t{reason}\n" for key, reason in skipped))
+  total = sum(s["count"] for s in done)
+  if total == 0:
+    raise RuntimeError(f"No examples in split {split!r}: all {sum(s['items'] for s in done)} "
+                       f"input items were skipped (see {where}-skipped.txt).")
+  meta = merge_metadata(meta, split, done, reader.description, reader.class_names)
+  write_json(storage.join(out, shards.METADATA), meta)
+  log.write(f"Wrote {total} examples of split {split!r} in {len(done)} shards to "
+            f"{out}; skipped {len(skipped)}"
+            + (f" (listed in {where}-skipped.txt)" if skipped else "") + ".\n")
+  return meta["splits"][split]
+
+
+def convert(reader, out: str, split: str, *, examples_per_shard: int = 1000,
+            verify_images: bool = True, workers: int = 4, log=None,
+            stop_after_shards: int | None = None) -> dict:
+  """Writes the items of `reader` (an ingest reader) as split `split` of the dataset `out`.
+
+  Returns the split's entry of dataset.json. `stop_after_shards` raises after that many
+  shards of this run are written (tests use it to simulate an interruption).
+  """
+  log = log or sys.stderr
+  meta, config = check_output(reader, out, split, examples_per_shard=examples_per_shard,
+                              verify_images=verify_images)
   journal = Journal.open(out, split, config, meta, log)
   done_items, skipped_count = journal.items, len(journal.skipped)
   progress = ProgressLine(log, reader.total, start=done_items)
@@ -322,17 +403,12 @@ def convert(reader, out: str, split: str, *, examples_per_shard: int = 1000,
       chunk = list(itertools.islice(items, examples_per_shard))
       if not chunk:
         break
-      # PIL releases the GIL while decoding, so threads verify in parallel; map keeps order.
-      checked = list(pool.map(lambda it: _check(it, verify_images), chunk))
-      kept = [it for it in checked if not isinstance(it, ingest.Skipped)]
-      dropped = [it for it in checked if isinstance(it, ingest.Skipped)]
+      kept, dropped = check_chunk(chunk, verify_images, pool)
       for s in dropped:
         progress.message(f"skipped {s.key}: {s.reason}")
-      name = _shard_name(split, len(journal.shards))
-      _write_shard(os.path.join(out, name), kept)
-      journal.add({"file": name, "count": len(kept), "items": len(chunk),
-                   "skipped": [list(s) for s in dropped], "features": _features(kept),
-                   "image_formats": _formats(kept)})
+      name = shard_name(split, len(journal.shards))
+      _write_shard(storage.join(out, name), kept)
+      journal.add(shard_entry(name, len(chunk), kept, dropped))
       done_items += len(chunk)
       skipped_count += len(dropped)
       progress.update(done_items, skipped_count)
@@ -343,19 +419,7 @@ def convert(reader, out: str, split: str, *, examples_per_shard: int = 1000,
         break
   progress.close()
   journal.finish()
-  with open(os.path.join(out, f"{split}-skipped.txt"), "w") as f:
-    f.writelines(f"{key}\t{reason}\n" for key, reason in journal.skipped)
-  total = sum(s["count"] for s in journal.shards)
-  if total == 0:
-    raise RuntimeError(f"No examples in split {split!r}: all {done_items} input items were "
-                       f"skipped (see {os.path.join(out, split)}-skipped.txt).")
-  meta = _merge_metadata(meta, split, journal.shards, reader.description, reader.class_names)
-  _write_json(meta_path, meta)
-  log.write(f"Wrote {total} examples of split {split!r} in {len(journal.shards)} shards to "
-            f"{out}; skipped {skipped_count}"
-            + (f" (listed in {os.path.join(out, split)}-skipped.txt)" if skipped_count else "")
-            + ".\n")
-  return meta["splits"][split]
+  return finish_split(out, split, journal.shards, meta, reader, log)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -383,7 +447,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--verify_images", type=_bool, nargs="?", const=True, default=True,
                  help="decode every image and skip unreadable ones (default: true)")
   p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                 help="threads that decode images to verify them")
+                 help="threads that decode images to verify them (per Beam worker with "
+                      "--engine beam)")
+  p.add_argument("--engine", choices=("local", "beam"), default="local",
+                 help="local: this process (default); beam: an Apache Beam pipeline, which "
+                      "takes every argument not listed here as a Beam pipeline option "
+                      "(--runner, --direct_num_workers, --project, ...)")
   return p
 
 
@@ -398,21 +467,40 @@ def _reader(args):
 
 
 def main(argv=None, *, stop_after_shards: int | None = None, log=None) -> int:
-  """Runs the CLI on `argv` (without the program name); returns the exit status."""
+  """Runs the CLI on `argv` (without the program name); returns the exit status.
+
+  `stop_after_shards` (tests) applies to the local engine only.
+  """
   log = log or sys.stderr
+  parser = _parser()
   try:
-    args = _parser().parse_args(argv)
+    args, pipeline_args = parser.parse_known_args(argv)
+    if args.engine != "beam":
+      args = parser.parse_args(argv)  # Unknown arguments are errors, as they always were.
   except SystemExit as e:  # argparse has printed the usage and the problem.
     return EXIT_OK if e.code == 0 else EXIT_USAGE
+  if args.engine == "beam":
+    from bigvl.data import make_dataset_beam  # Imports Apache Beam only when it runs.
+    try:
+      make_dataset_beam.require_beam()
+    except UsageError as e:
+      log.write(f"make_dataset: error: {e}\n")
+      return EXIT_USAGE
   try:
     reader = _reader(args)
   except (UsageError, FileNotFoundError, ValueError) as e:  # Inputs missing or not parsable.
     log.write(f"make_dataset: error: {e}\n")
     return EXIT_USAGE
   try:
-    convert(reader, args.out, args.split, examples_per_shard=args.examples_per_shard,
-            verify_images=args.verify_images, workers=args.workers, log=log,
-            stop_after_shards=stop_after_shards)
+    if args.engine == "beam":
+      make_dataset_beam.convert(reader, args.out, args.split,
+                                examples_per_shard=args.examples_per_shard,
+                                verify_images=args.verify_images, workers=args.workers,
+                                log=log, pipeline_args=pipeline_args)
+    else:
+      convert(reader, args.out, args.split, examples_per_shard=args.examples_per_shard,
+              verify_images=args.verify_images, workers=args.workers, log=log,
+              stop_after_shards=stop_after_shards)
   except _StopForTest:
     raise
   except UsageError as e:
