@@ -189,19 +189,21 @@ def write_records(path: str, examples) -> None:
     writer.close()
 
 
-def _write_shard(path: str, examples) -> None:
+def put_shard(path: str, examples, tmp: str) -> None:
+  """Writes the shard `path` (local or a URL) so that it exists only once complete: as the
+  local file `tmp` renamed to `path`, or for a URL (ArrayRecord writes local files only) as
+  a local temporary file uploaded as one object."""
   if storage.is_remote(path):
-    # ArrayRecord writes local files: the shard is made locally, then uploaded as one object
-    # (an object exists only once uploaded whole).
-    with tempfile.TemporaryDirectory(prefix="bigvl-shard-") as tmp:
-      local = os.path.join(tmp, "shard.array_record")
+    with tempfile.TemporaryDirectory(prefix="bigvl-shard-") as local_dir:
+      local = os.path.join(local_dir, storage.basename(path))
       write_records(local, examples)
-      storage.copy_file(local, path)
+      storage.copy_file(local, path)  # One upload: the object appears whole or not at all.
     return
-  # One writer per shard path: a fixed name, so a rerun after a kill overwrites the leftover.
-  tmp = path + ".tmp"
-  write_records(tmp, examples)
-  os.replace(tmp, path)  # A shard file exists only once it is complete.
+  try:
+    write_records(tmp, examples)
+    os.replace(tmp, path)
+  finally:
+    storage.remove(tmp)
 
 
 def split_exists(out: str, split: str, meta: dict | None) -> bool:
@@ -407,7 +409,9 @@ def convert(reader, out: str, split: str, *, examples_per_shard: int = 1000,
       for s in dropped:
         progress.message(f"skipped {s.key}: {s.reason}")
       name = shard_name(split, len(journal.shards))
-      _write_shard(storage.join(out, name), kept)
+      path = storage.join(out, name)
+      # One writer per shard: a fixed temporary name, which a rerun after a kill overwrites.
+      put_shard(path, kept, tmp=path + ".tmp")
       journal.add(shard_entry(name, len(chunk), kept, dropped))
       done_items += len(chunk)
       skipped_count += len(dropped)

@@ -20,11 +20,10 @@ key-group count (`counts.json`), and one record per finished shard (`<split>-000
 written atomically once the shard file is in place). Running the same command again skips
 the shards that have both.
 
-Every file operation goes through bigvl.storage, so `--out` may be an object-store URL: a
-shard is written to a local temporary file, then uploaded whole with `storage.copy_file`
-(locally it is renamed into place). Tars are read through bigvl.storage too, but finding
-them (`--webdataset` globs, their sizes) and folder inputs (the captions file, the images)
-are still local paths (bigvl.data.ingest).
+Every file operation goes through bigvl.storage, so `--out` and the tars may be
+object-store URLs: a shard is written to a local temporary file, then uploaded whole
+(locally it is renamed into place). Folder inputs (the captions file, the images) are local
+paths (bigvl.data.ingest).
 
 Runner: the DirectRunner unless `--runner` says otherwise, in `multi_processing` mode with
 one worker process per core by default (DIRECT_DEFAULTS); any Beam runner that can run
@@ -45,7 +44,6 @@ import os
 import re
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
@@ -243,21 +241,10 @@ def shard_items(job: Job, spec: dict) -> Iterator[dict | ingest.Skipped]:
 
 
 def _put_shard(job: Job, name: str, examples: list[dict]) -> None:
-  """Writes shard `name`: to a local temporary file, then put in place whole."""
-  target = storage.join(job.out, name)
-  if storage.is_remote(target):
-    fd, tmp = tempfile.mkstemp(suffix="-" + name)
-    os.close(fd)
-  else:  # Beside the target (a rename within one file system is atomic), out of sight.
-    tmp = storage.join(job.state, f"{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-  try:
-    make_dataset.write_records(tmp, examples)
-    if storage.is_remote(target):
-      storage.copy_file(tmp, target)  # One upload: the object appears complete or not at all.
-    else:
-      os.replace(tmp, target)
-  finally:
-    storage.remove(tmp)
+  """Writes shard `name` whole. A local temporary file lies beside it, out of sight in the
+  state directory, and is named per writer: a runner may run one shard twice at once."""
+  tmp = storage.join(job.state, f"{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  make_dataset.put_shard(storage.join(job.out, name), examples, tmp=tmp)
 
 
 def write_shard(spec: dict, job: Job) -> dict:
