@@ -11,15 +11,25 @@ import signal
 import sys
 import time
 
-from bigvl import checkpoint, train
+from bigvl import checkpoint, storage, train
+
+
+def _writing(directory: str, step: int) -> bool:
+  if not storage.is_remote(directory):
+    return any(n.startswith(f"{step}.") or (n.startswith(str(step)) and "tmp" in n)
+               for n in os.listdir(directory))
+  # In an object store orbax writes `<step>/` in place and marks it complete last.
+  inside = storage.listdir(storage.join(directory, str(step)))
+  return bool(inside) and "commit_success.txt" not in inside
 
 
 def kill_once_writing(directory: str, step: int) -> None:
-  """Waits until orbax's temporary directory for `step` exists, then dies without cleanup."""
+  """Waits until orbax's temporary directory for `step` exists (in an object store: until
+  objects of the step are written and its completion marker is not), then dies without
+  cleanup."""
   deadline = time.time() + 30
   while time.time() < deadline:
-    if any(n.startswith(f"{step}.") or (n.startswith(str(step)) and "tmp" in n)
-           for n in os.listdir(directory)):
+    if _writing(directory, step):
       os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.001)
   raise RuntimeError(f"fault_inject: no temporary directory of step {step} in {directory}.")

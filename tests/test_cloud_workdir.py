@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bigvl import checkpoint, metrics, storage
-from conftest import DEMO_SIGLIP, run_bigvl
+from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +150,30 @@ def test_two_processes_share_a_gcs_workdir(tmp_path, gcs_server):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow
+def test_gcs_workdir_killed_while_writing_a_checkpoint(tmp_path, gcs_server):
+  """SIGKILL while orbax writes step 20 into the bucket: a step without its completion
+  marker is no checkpoint; the rerun resumes from 10, writes 20 again over the leftover, and
+  ends with the params of an uninterrupted local run."""
+  args = ["--config.total_steps=20", "--config.checkpoint_every=10", "--config.log_every=5",
+          "--config.evals={}"]
+  local = tmp_path / "local"
+  run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(local), *args], check=True)
+  workdir = storage.join(gcs_server.bucket(), "killsave")
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **gcs_server.env())
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tests", "fault_inject.py"), "--kill_during_save=20",
+       "--config", DEMO_SIGLIP, "--workdir", workdir, *args], cwd=tmp_path, env=env,
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+  assert storage.listdir(storage.join(workdir, "checkpoints", "20")), "no partial step 20"
+  assert checkpoint.Checkpointer(workdir).all_steps() == [10]
+  rerun = subprocess.run([sys.executable, "-m", "bigvl.train", "--config", DEMO_SIGLIP,
+                          "--workdir", workdir, *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  assert "Resumed from checkpoint step 10" in rerun.stdout
+  assert _committed(workdir, 20)
+  _assert_params(checkpoint.load_params(workdir), checkpoint.load_params(str(local)))
