@@ -23,7 +23,8 @@ class JsonlWriter:
   torn row.
   """
 
-  def __init__(self, path: str, enabled: bool = True, flush_every_s: float = 10.0):
+  def __init__(self, path: str, enabled: bool = True, flush_every_s: float = 10.0,
+               resume_step: int | None = None):
     self.path = path
     self.enabled = enabled
     self.remote = storage.is_remote(path)
@@ -31,8 +32,28 @@ class JsonlWriter:
     self._text, self._dirty, self._last_upload = "", False, -float("inf")
     if enabled:
       storage.makedirs(storage.dirname(path) or ".")
-      if self.remote and storage.exists(path):
+      if storage.exists(path):
         self._text = storage.read_text(path)  # A resumed run goes on after the earlier rows.
+        if resume_step is not None:
+          self._drop_after(resume_step)
+      if not self.remote:
+        self._text = ""  # Locally the rows are on disk; only a store's writer keeps them.
+
+  def _drop_after(self, step: int) -> None:
+    """Drops the rows of steps after `step` (a run resumed there logs them again, so each
+    step has one row) and a line torn by a crash mid-write; rewrites the file atomically."""
+    kept = []
+    for line in self._text.splitlines():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if int(row.get("step", 0)) <= step:
+        kept.append(line + "\n")
+    text = "".join(kept)
+    if text != self._text:
+      storage.write(self.path, text)
+      self._text = text
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -67,7 +88,7 @@ class TensorBoardWriter:
   file is uploaded whole after each write (stores cannot append; see `ObjectEventWriter`).
   """
 
-  def __init__(self, logdir: str, enabled: bool = True):
+  def __init__(self, logdir: str, enabled: bool = True, resume_step: int | None = None):
     self.enabled = enabled
     self._writer = None
     if enabled:
@@ -76,6 +97,14 @@ class TensorBoardWriter:
       else:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
         self._writer = EventFileWriter(logdir)
+      if resume_step is not None:
+        # TensorBoard's own rule for a restarted run: a SessionLog START at step s makes it
+        # discard the earlier files' events at steps >= s, so replayed steps show once.
+        from tensorboard.compat.proto import event_pb2
+        self._writer.add_event(event_pb2.Event(
+            wall_time=time.time(), step=int(resume_step) + 1,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self._writer.flush()
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -164,10 +193,17 @@ class Writers:
         w.close()
 
 
-def run_writers(workdir: str, enabled: bool = True) -> Writers:
-  """`workdir/metrics.jsonl` and TensorBoard events in `workdir/tensorboard/`."""
-  return Writers(JsonlWriter(storage.join(workdir, "metrics.jsonl"), enabled),
-                 TensorBoardWriter(storage.join(workdir, "tensorboard"), enabled))
+def run_writers(workdir: str, enabled: bool = True, resume_step: int | None = None) -> Writers:
+  """`workdir/metrics.jsonl` and TensorBoard events in `workdir/tensorboard/`.
+
+  `resume_step`: the step a run starts from (0 for a new one). The rows an earlier run
+  logged after it are dropped from metrics.jsonl and superseded in TensorBoard, so each
+  step is logged once however often the run was killed and resumed.
+  """
+  return Writers(JsonlWriter(storage.join(workdir, "metrics.jsonl"), enabled,
+                             resume_step=resume_step),
+                 TensorBoardWriter(storage.join(workdir, "tensorboard"), enabled,
+                                   resume_step=resume_step))
 
 
 def _to_json(v):

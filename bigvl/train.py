@@ -297,7 +297,7 @@ class _Logger:
     self.peak = mfu_lib.peak_tflops(run.config.peak_tflops,
                                     dtype=run.config.model.get("dtype", "float32"))
     self.devices = jax.device_count()
-    self.writer = metrics_lib.run_writers(workdir, enabled=enabled)
+    self.writer = metrics_lib.run_writers(workdir, enabled=enabled, resume_step=start_step)
     self.progress = metrics_lib.Progress(run.config.total_steps, start_step, enabled=enabled)
     self.enabled = enabled
     self.sources = run.source_names if len(run.source_names) > 1 else ()
@@ -344,15 +344,25 @@ def _train_iterator(run, ckpt, start_step: int):
   """The data iterator positioned after `start_step`, from the checkpoint's saved state
   when it was saved by the same number of processes and workers."""
   workers = run.config.data.workers
-  saved = ckpt.restore_data_state(start_step) if start_step else None
+  problem = None
+  try:
+    saved = ckpt.restore_data_state(start_step) if start_step else None
+  except Exception as e:  # Garbled or truncated JSON, a damaged file: the step says where.
+    saved, problem = None, f"unreadable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("grain"), dict)):
+    saved, problem = None, "not an iterator state"
   if saved is not None:
-    grain_state = saved.get("grain", {})
+    grain_state = saved["grain"]
     if saved.get("workers") != workers:
       problem = f"saved with data.workers={saved.get('workers')}, now {workers}"
     elif saved.get("step") != start_step or grain_state.get("next_index", start_step) != start_step:
       problem = f"it is at step {saved.get('step')}, the checkpoint at step {start_step}"
     else:
-      return run.train_iterator(start_step, grain_state)
+      try:
+        return run.train_iterator(start_step, grain_state)
+      except Exception as e:  # A state that parses but does not fit this pipeline.
+        problem = f"rejected by the pipeline: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+  if problem is not None:
     if jax.process_index() == 0:
       print(f"Saved data iterator state not used ({problem}); indexing the data stream at "
             f"step {start_step} instead, which gives the same batches.", flush=True)
