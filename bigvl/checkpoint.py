@@ -10,9 +10,11 @@ been consumed; the RNG is part of the train state.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
+import flax
 import flax.linen as nn
 import grain
 import jax
@@ -44,6 +46,26 @@ def check_location(workdir: str) -> None:
                      f"{kind}:// (docs/storage.md).")
 
 
+class SaveError(RuntimeError):
+  """Writing a checkpoint failed; the message names the cause and the last good one."""
+
+
+class MismatchError(LayoutError):
+  """A readable checkpoint whose arrays have other shapes than the run's: left where it is."""
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{"/"-joined path: shape} of the array leaves of a nested dict (metadata or arrays)."""
+  out = {}
+  for p, leaf in jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))[0]:
+    if isinstance(leaf, nn.meta.AxisMetadata):
+      leaf = leaf.unbox()
+    if hasattr(leaf, "shape"):
+      out[path_str(p)] = tuple(leaf.shape)
+  return out
+
+
 class Checkpointer:
   """Saves and restores `TrainState` under `workdir/checkpoints/<step>`."""
 
@@ -72,7 +94,10 @@ class Checkpointer:
     if data_state is not None:
       # A snapshot, not the live iterator: an async save must not see later batches.
       items["data"] = grain.checkpoint.CheckpointSave(_DataState(data_state))
-    self.manager.save(step, args=ocp.args.Composite(**items))
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # The synchronous part (directory creation) failed.
+      raise SaveError(self._failure(e)) from e
 
   def check_layout(self, step: int) -> None:
     """Raises LayoutError when checkpoint `step` was written with an older train-state
@@ -92,10 +117,33 @@ class Checkpointer:
           f"--config.init_from={path} (params-only; an old DINO run's teacher loads as the "
           "new student with --config.init_subtree=teacher --config.init_into=student).")
 
+  def check_shapes(self, step: int, state) -> None:
+    """MismatchError when checkpoint `step` holds arrays of other shapes (or another tree)
+    than `state`: a readable checkpoint of another model, never a damaged one. Unreadable
+    metadata is left to `restore` to report."""
+    try:
+      saved = self.manager.item_metadata(step)["state"].tree
+    except Exception:  # Damaged: handled as such by the caller.
+      return
+    want = _shapes(flax.serialization.to_state_dict(state))
+    have = _shapes(saved)
+    diff = [f"{k}: saved {have[k]}, now {want[k]}" for k in sorted(set(have) & set(want))
+            if have[k] != want[k]]
+    missing = sorted(set(want) - set(have))
+    if diff or missing:
+      path = storage.join(self.directory, str(step))
+      what = "; ".join(diff[:3] + [f"{k}: not in the checkpoint" for k in missing[:3]])
+      raise MismatchError(
+          f"Checkpoint {path} holds another model's arrays ({len(diff) + len(missing)} "
+          f"differ, e.g. {what}); it is left as it is. Resume it with the config that wrote "
+          "it, or start a new run in another --workdir (--config.init_from=" + path +
+          " loads the params that fit).")
+
   def restore(self, step: int, state, shardings):
     """Restores `step` into arrays with the shapes and shardings of `state`/`shardings`;
-    LayoutError for a checkpoint of an older layout."""
+    LayoutError for a checkpoint of an older layout, MismatchError for one of other shapes."""
     self.check_layout(step)
+    self.check_shapes(step, state)
     target = state_lib.abstract_like(state, shardings)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
@@ -122,6 +170,7 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       self.check_layout(step)  # A checkpoint of another layout is not damaged: never moved.
+      self.check_shapes(step, state)  # Nor one of another model.
       try:
         return self.restore(step, state, shardings), step
       except Exception as e:  # Orbax/tensorstore raise many types for damaged files.
@@ -136,8 +185,38 @@ class Checkpointer:
         self.manager.reload()
     return state, 0
 
+  def raise_failed_save(self) -> None:
+    """SaveError, with the cause on one line, if an asynchronous save has failed (a full
+    disk, a read-only or vanished directory); cheap: it only looks at the finished saves."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # Orbax re-raises the writer thread's error as it was.
+      raise SaveError(self._failure(e)) from e
+
+  def _failure(self, e: BaseException) -> str:
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:  # The root error.
+      cause = cause.__cause__ or cause.__context__
+    try:
+      good = self.manager.latest_step()
+    except Exception:
+      good = None
+    text = str(cause)
+    first = text.splitlines()[0][:160] if text else ""
+    # tensorstore names the system's reason at the end of a long message
+    # ("...: Failed to write N bytes to file 4: No space left on device [os_error_code='28']").
+    os_error = re.search(r":\s*([^:\[\]\n]+?)\s*\[os_error_code=", text)
+    if os_error and os_error.group(1) not in first:
+      first += f" ... {os_error.group(1).strip()}"
+    return (f"A checkpoint save failed ({type(cause).__name__}: {first}); the run stops here. The "
+            f"last good checkpoint is step {good} in {self.directory}. Fix the cause (space, "
+            "permissions) and run the same command to resume from it.")
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise SaveError(self._failure(e)) from e
 
   def close(self) -> None:
     self.manager.close()

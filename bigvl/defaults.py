@@ -25,6 +25,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.init_from = ""            # Params-only start: a workdir or checkpoint dir; matching params load, others stay new.
   c.init_subtree = ""         # Load only this subtree of init_from's params, as the top level ("enc" of MAE, "teacher/backbone" of DINO).
   c.init_into = ""            # ... and put it under this subtree of the new params (LiT: "img", the two-tower's image tower).
+  c.allow_changes = ""        # On resume: comma-separated config keys (or prefixes) that may differ from the workdir's config.json (bigvl/resume_check.py).
   c.init_also = ()            # More sources: dicts of init_from, init_subtree, init_into (Flamingo: the LM and the image tower).
 
   c.model = ml_collections.ConfigDict()      # name + the model's own options (see bigvl/models).

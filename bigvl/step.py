@@ -18,7 +18,8 @@ from bigvl.state import TrainState, has_hook
 class DataInfo:
   """The loader's bookkeeping of a batch's rows, as global arrays (B,).
 
-  skipped: bool, True where an unreadable example was replaced by a readable one.
+  skipped: bool, True where an unreadable or unusable example (an undecodable image, no
+    usable caption) was replaced by a usable one.
   source: int32, the index of the data source (mixture component) each row came from.
   """
   skipped: jax.Array

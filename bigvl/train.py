@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bigvl import init_from, model_card, storage
+from bigvl import init_from, model_card, resume_check, storage, workdir_lock
 from bigvl import checkpoint as ckpt_lib
 from bigvl import config_lib, metrics as metrics_lib
 from bigvl import mfu as mfu_lib
@@ -72,16 +72,59 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
   workdir = storage.abspath(workdir)
   ckpt_lib.check_location(workdir)
-  storage.makedirs(workdir)
-  with compilation_cache(compilation_cache_dir(config, workdir)):
-    return _train(config, workdir)
+  if storage.isfile(workdir):
+    raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory; pass a "
+                                 "directory (new or a run's) for checkpoints and logs.")
+  try:
+    storage.makedirs(workdir)
+  except OSError as e:
+    raise config_lib.ConfigError(_not_writable(workdir, e)) from e
+  is_main = jax.process_index() == 0
+  lock = workdir_lock.WorkdirLock(workdir, enabled=is_main, log=_print_main)
+  try:
+    lock.__enter__()  # One run per workdir (LockedError names the other).
+  except OSError as e:  # The lock is the first file written: a read-only or full workdir.
+    raise config_lib.ConfigError(_not_writable(workdir, e)) from e
+  try:
+    if is_main:
+      check_writable(workdir)
+    with compilation_cache(compilation_cache_dir(config, workdir)):
+      return _train(config, workdir)
+  finally:
+    lock.__exit__(None, None, None)
+
+
+def _print_main(line: str) -> None:
+  print(line, flush=True)
+
+
+def _not_writable(workdir: str, e: BaseException) -> str:
+  return (f"--workdir {workdir} is not writable ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200]}); checkpoints and logs go there. Fix its "
+          "permissions or free space, or pass another --workdir.")
+
+
+def check_writable(workdir: str) -> None:
+  """ConfigError, before anything is compiled, when the workdir or its checkpoints/ cannot
+  be written (a read-only mount, permissions, a full disk)."""
+  probe_dir = storage.join(workdir, "checkpoints")
+  probe = storage.join(probe_dir, f".write-test-{os.getpid()}")
+  try:
+    storage.makedirs(probe_dir)
+    storage.write(probe, b"x" * 4096)
+    storage.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(_not_writable(workdir, e)) from e
 
 
 def _train(config, workdir: str) -> dict:
   run = run_lib.build(config, workdir)
   config, is_main = run.config, jax.process_index() == 0
-  if is_main:
-    storage.write(storage.join(workdir, "config.json"), config.to_json(indent=2))
+  # Before anything is written: a workdir with checkpoints is resumed only by the same run.
+  changed = resume_check.check(workdir, config)
+  if is_main and changed:
+    print("Resuming with changed config keys (no effect on the numbers, or allowed by "
+          "config.allow_changes): " + "; ".join(changed), flush=True)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                keep_every=config.keep_every)
   # Counted before the mesh is set: global shapes, outside any shard_map (traced, nothing run).
@@ -89,6 +132,8 @@ def _train(config, workdir: str) -> dict:
   with run.context(), _Preemption() as preemption:
     state, shardings = run.create_state()
     state, start_step = _resume_or_init(run, ckpt, state, shardings)
+    if is_main:  # Only now: a resume that fails leaves the workdir's config.json as it was.
+      storage.write(storage.join(workdir, "config.json"), config.to_json(indent=2))
     if is_main:
       print(f"bigvl: {jax.device_count()} devices in {jax.process_count()} process(es), "
             f"mesh {dict(run.mesh.shape)}, {state_lib.param_count(state.params):,} params, "
@@ -101,6 +146,7 @@ def _train(config, workdir: str) -> dict:
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         state, result = step_fn(state, *run.global_batch(next(it)))
+        ckpt.raise_failed_save()  # A failed async save stops the run one step later.
         is_last = step == config.total_steps
         # Read once: a SIGTERM arriving later in this iteration must not skip the save and
         # still end the run (it is then handled after the next step).
@@ -122,12 +168,25 @@ def _train(config, workdir: str) -> dict:
           print(f"SIGTERM: saved checkpoint at step {step} in {ckpt.directory}; exiting. Run the "
                 "same command again to resume.", flush=True)
           break
-    finally:
-      ckpt.wait()
-      ckpt.close()
+    except BaseException:
+      # Already failing: a save that fails too must not replace the first error, or hang.
+      with contextlib.suppress(Exception):
+        ckpt.wait()
+      with contextlib.suppress(Exception):
+        ckpt.close()
       log.close()
       if hasattr(it, "close"):
-        it.close()  # Stops grain's worker processes now, not at interpreter exit.
+        it.close()
+      raise
+    else:
+      try:
+        ckpt.wait()
+      finally:
+        with contextlib.suppress(Exception):
+          ckpt.close()
+        log.close()
+        if hasattr(it, "close"):
+          it.close()  # Stops grain's worker processes now, not at interpreter exit.
   if is_main and step == config.total_steps:
     model_card.write(workdir, config, log.last, ckpt.latest_step())
   return log.last
@@ -417,7 +476,8 @@ def main(argv) -> int:
   init_distributed()
   try:
     train_and_evaluate(config, FLAGS.workdir)
-  except (config_lib.ConfigError, TrainingError, loader.DataError,
+  except (config_lib.ConfigError, TrainingError, loader.DataError, workdir_lock.LockedError,
+          ckpt_lib.SaveError,
           ckpt_lib.LayoutError, run_tokenizer.TokenizerError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

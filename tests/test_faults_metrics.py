@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from bigvl import metrics
 from conftest import DEMO_SIGLIP, run_bigvl
-from test_reliability import FAST, _checkpoints, _logged_steps, _popen
+from test_reliability import FAST, checkpoint_steps, logged_steps, popen_train
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -45,17 +45,17 @@ def straight(tmp_path_factory):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_each_step_is_logged_once_after_a_kill_at_a_random_time(tmp_path, straight, seed):
   workdir = tmp_path / "run"
-  proc = _popen(workdir, f"--config.total_steps={STEPS}", *FAST)
+  proc = popen_train(workdir, f"--config.total_steps={STEPS}", *FAST)
   deadline = time.time() + 300
-  while not _checkpoints(workdir) or max(_logged_steps(workdir), default=0) < 11:
+  while not checkpoint_steps(workdir) or max(logged_steps(workdir), default=0) < 11:
     assert proc.poll() is None, proc.stdout.read()
     assert time.time() < deadline
     time.sleep(0.01)
   time.sleep(random.Random(seed).uniform(0.0, 1.5))  # A wall-clock kill point, not a step.
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
-  killed_at = max(_logged_steps(workdir))
-  resumed = max(_checkpoints(workdir))
+  killed_at = max(logged_steps(workdir))
+  resumed = max(checkpoint_steps(workdir))
   if killed_at <= resumed or killed_at >= STEPS:
     pytest.skip(f"the kill (step {killed_at}) left no step to replay after {resumed}")
   run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),

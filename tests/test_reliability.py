@@ -19,19 +19,19 @@ pytestmark = pytest.mark.integration
 FAST = ["--config.checkpoint_every=10", "--config.log_every=1", "--config.evals={}"]
 
 
-def _popen(workdir, *args, env=None):
+def popen_train(workdir, *args, env=None):
   cmd = [sys.executable, "-m", "bigvl.train", "--config", DEMO_SIGLIP, "--workdir", str(workdir),
          *args]
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
 
-def _logged_steps(workdir):
+def logged_steps(workdir):
   path = workdir / "metrics.jsonl"
   return [r["step"] for r in metrics.read_jsonl(str(path))] if path.exists() else []
 
 
-def _checkpoints(workdir):
+def checkpoint_steps(workdir):
   d = workdir / "checkpoints"
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if d.exists() else []
 
@@ -39,10 +39,10 @@ def _checkpoints(workdir):
 def _run_until(workdir, step, *args, sig=signal.SIGKILL, checkpoint=None, timeout=300):
   """Starts a run and sends `sig` once metrics.jsonl has logged `step` (and, if given, the
   async save of `checkpoint` has become visible)."""
-  proc = _popen(workdir, *args)
+  proc = popen_train(workdir, *args)
   deadline = time.time() + timeout
-  while (max(_logged_steps(workdir), default=0) < step or
-         (checkpoint and checkpoint not in _checkpoints(workdir))):
+  while (max(logged_steps(workdir), default=0) < step or
+         (checkpoint and checkpoint not in checkpoint_steps(workdir))):
     assert proc.poll() is None, f"run ended early:\n{proc.stdout.read()}"
     assert time.time() < deadline, "run too slow"
     time.sleep(0.01)
@@ -78,7 +78,7 @@ def _kill_and_resume(tmp_path, uninterrupted, kill_step, *extra):
   rc, _ = _run_until(workdir, kill_step, "--config.total_steps=40", *FAST, *extra,
                      checkpoint=kill_step // 10 * 10)
   assert rc == -signal.SIGKILL
-  resumed = max(_checkpoints(workdir))  # Newest complete checkpoint at the time of the kill.
+  resumed = max(checkpoint_steps(workdir))  # Newest complete checkpoint at the time of the kill.
   assert resumed >= kill_step // 10 * 10 and resumed < 40
   assert (workdir / "checkpoints" / str(resumed) / "data" / "process_0-of-1.json").exists()
   rerun = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
@@ -136,7 +136,7 @@ def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
   saved = int(out.split("SIGTERM: saved checkpoint at step ")[1].split()[0])
   assert saved >= 15
   assert checkpoint.Checkpointer(str(workdir)).latest_step() == saved
-  assert max(_logged_steps(workdir)) == saved
+  assert max(logged_steps(workdir)) == saved
 
 
 @pytest.mark.slow

@@ -12,12 +12,18 @@ Captions file (JSONL, one object a line, or CSV/TSV with a header row). Columns:
   optional `label`: an integer, or a class name (any string that is not an integer),
     mapped to its index in the sorted class names (the reader's `class_names`);
   any other column is kept as the example's `meta`.
-The example key is the image path as written in the row.
+The example key is the image path as written in the row. Empty and whitespace captions are
+dropped from `texts`. In a file with a caption column, a row left without a caption is one
+make_dataset skips (`Row.no_caption`): "empty caption" when its value is there but empty
+(an empty cell, "", [], only blanks), "no caption and no label" when it has neither; a row
+with a label and no caption value is kept, a labelled example.
 
 Webdataset tars (as img2dataset writes them): adjacent members `{key}.jpg` (or .jpeg,
 .png, .webp), `{key}.txt` (the caption), `{key}.json` (kept as `meta`), optional
 `{key}.cls` (an integer label). Other files next to the tars (`*_stats.json`, `*.parquet`)
-are ignored.
+are ignored. A group whose `.txt` is empty or whitespace is skipped ("empty caption"); when
+the webdataset has captions (its first tar holds a `.txt` member, `has_captions`), so is a
+group with neither `.txt` nor `.cls` ("no caption and no label").
 """
 
 from __future__ import annotations
@@ -51,12 +57,15 @@ class Skipped(NamedTuple):
 
 
 class Row(NamedTuple):
-  """One row of a captions file; `line` is its 1-based line (for messages)."""
+  """One row of a captions file; `line` is its 1-based line (for messages). `no_caption`:
+  why the row gives no example to make_dataset (its captions are empty or missing, see
+  the module doc), else None."""
   path: str
   texts: tuple[str, ...]
   label: int
   meta: dict
   line: int
+  no_caption: str | None = None
 
 
 class _Reader:
@@ -123,13 +132,18 @@ def _raw_rows(captions_file: str) -> tuple[list[tuple[int, dict]], bool]:
   return [(i + 2, row) for i, row in enumerate(reader)], True
 
 
+def _usable(texts) -> tuple[str, ...]:
+  """`texts` less the empty and whitespace ones, which no text op can use."""
+  return tuple(t for t in texts if t.strip())
+
+
 def _row_texts(value, column: str, is_csv: bool, where: str) -> tuple[str, ...]:
   if value is None or value == "":
     return ()
   if column in TEXT_COLUMNS:
     if not isinstance(value, str):
       raise ValueError(f"{where}: column {column!r} must be a string; use 'captions' for a list.")
-    return (value,)
+    return _usable((value,))
   if is_csv and isinstance(value, str):
     if value.lstrip().startswith("["):
       try:
@@ -141,7 +155,7 @@ def _row_texts(value, column: str, is_csv: bool, where: str) -> tuple[str, ...]:
       return tuple(t.strip() for t in value.split("|") if t.strip())
   if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
     raise ValueError(f"{where}: column {column!r} must be a list of strings, got {value!r}.")
-  return tuple(value)
+  return _usable(value)
 
 
 def parse_captions(captions_file: str) -> tuple[list[Row], tuple[str, ...] | None]:
@@ -170,26 +184,32 @@ def parse_captions(captions_file: str) -> tuple[list[Row], tuple[str, ...] | Non
       raise ValueError(f"{where}: no image path in column {image_col!r}.")
     texts = _row_texts(r.get(text_col), text_col, is_csv, where) if text_col else ()
     label = r.get("label") if has_label else None
+    no_caption = None
+    if text_col and not texts:
+      if r.get(text_col) is not None:  # Present, every caption empty or whitespace.
+        no_caption = f"empty caption (row on line {line})"
+      elif label is None or label == "":  # Absent, and no label: nothing but the image.
+        no_caption = f"no caption and no label (row on line {line})"
     if label is not None and label != "" and _as_int(label) is None:
       if not isinstance(label, str):
         raise ValueError(f"{where}: label {label!r} is neither an integer nor a class name.")
       names.add(label.strip())
     meta = {k: v for k, v in r.items() if k not in (image_col, text_col, "label") and k}
-    parsed.append((path.strip(), texts, label, meta, line))
+    parsed.append((path.strip(), texts, label, meta, line, no_caption))
   if names and any(_as_int(p[2]) is not None for p in parsed):
     raise ValueError(f"{captions_file}: the label column mixes integers and class names; use "
                      "one or the other.")
   class_names = tuple(sorted(names)) if names else None
   index = {n: i for i, n in enumerate(class_names or ())}
   rows = []
-  for path, texts, label, meta, line in parsed:
+  for path, texts, label, meta, line, no_caption in parsed:
     if label is None or label == "":
       label = -1
     elif class_names:
       label = index[label.strip()]
     else:
       label = _as_int(label)
-    rows.append(Row(path, texts, label, meta, line))
+    rows.append(Row(path, texts, label, meta, line, no_caption))
   return rows, class_names
 
 
@@ -222,8 +242,12 @@ class FolderReader(_Reader):
             "captions_sha256": _sha256(self.captions_file)}
 
   def items(self, start: int = 0) -> Iterator[dict | Skipped]:
-    """Every row from row `start` on: an example, or Skipped when its file cannot be read."""
+    """Every row from row `start` on: an example, or Skipped when its file cannot be read
+    or it has no usable caption (`Row.no_caption`)."""
     for row in self.rows[start:]:
+      if row.no_caption:
+        yield Skipped(row.path, row.no_caption)
+        continue
       try:
         with open(os.path.join(self.images_dir, row.path), "rb") as f:
           data = f.read()
@@ -342,8 +366,12 @@ def split_member_name(name: str) -> tuple[str, str]:
   return (os.path.join(head, stem) if head else stem), ext.lower()
 
 
-def group_example(key: str, files: dict[str, bytes]) -> dict | Skipped:
-  """The example of one key group (`files`: extension -> member bytes), or Skipped."""
+def group_example(key: str, files: dict[str, bytes], captioned: bool = False) -> dict | Skipped:
+  """The example of one key group (`files`: extension -> member bytes), or Skipped.
+
+  An empty or whitespace `.txt` is skipped ("empty caption"); so is, when `captioned` (the
+  webdataset has captions, `has_captions`), a group with neither a `.txt` nor a `.cls`.
+  """
   ext = next((e for e in IMAGE_EXTS if e in files), None)
   if ext is None:
     return Skipped(key, f"no image member ({'/'.join(IMAGE_EXTS)}); has {sorted(files) or 'none'}")
@@ -361,7 +389,31 @@ def group_example(key: str, files: dict[str, bytes]) -> dict | Skipped:
       ex["meta"] = json.loads(files["json"])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       return Skipped(key, f"{key}.json is not valid JSON ({e})")
+  if "txt" in files and not ex["texts"]:
+    return Skipped(key, f"empty caption ({key}.txt is empty or whitespace)")
+  if captioned and "txt" not in files and "cls" not in files:
+    return Skipped(key, "no caption and no label (no .txt or .cls member; the webdataset has "
+                        "captions)")
   return ex
+
+
+def has_captions(tar_paths: Sequence[str]) -> bool:
+  """Whether a webdataset has captions: its first tar (in sorted order) holds a `.txt`
+  member. Reads that tar's member headers up to the first `.txt` (the data is seeked over
+  where the file allows), so it costs a few headers for a captioned dataset and one tar's
+  headers for one without captions."""
+  if not tar_paths:
+    return False
+  path = sorted(tar_paths)[0]
+  try:
+    with storage.open_file(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+      for m in tar:
+        if m.isfile() and split_member_name(m.name)[1] == "txt":
+          return True
+  except tarfile.TarError as e:
+    raise ValueError(f"Cannot read webdataset tar {path!r}: {e}. It is truncated or not a "
+                     "tar; re-download it or leave it out of --webdataset.") from e
+  return False
 
 
 class WebDatasetReader(_Reader):
@@ -371,9 +423,17 @@ class WebDatasetReader(_Reader):
     self.paths = expand_tar_paths(tar_paths)
     self.total = None
     self.class_names = None
+    self._captioned = None
     self.skipped: list[Skipped] = []
     self.description = f"webdataset {len(self.paths)} tars: " + ", ".join(
         storage.abspath(p) for p in self.paths[:3]) + (" ..." if len(self.paths) > 3 else "")
+
+  @property
+  def captioned(self) -> bool:
+    """Whether these tars have captions (`has_captions`); read once, on first use."""
+    if self._captioned is None:
+      self._captioned = has_captions(self.paths)
+    return self._captioned
 
   def signature(self) -> dict:
     """What identifies these inputs: a resumed conversion must see the same."""
@@ -385,7 +445,7 @@ class WebDatasetReader(_Reader):
 
     Groups before `start` are passed over without reading their data.
     """
-    index = 0
+    index, captioned = 0, self.captioned
     for path in self.paths:
       key, files = None, {}
       try:
@@ -397,7 +457,7 @@ class WebDatasetReader(_Reader):
             if k != key:
               if key is not None:
                 if index >= start:
-                  yield group_example(key, files)
+                  yield group_example(key, files, captioned)
                 index += 1
               key, files = k, {}
             # Streaming: a member's data can only be read before moving past it.
@@ -408,7 +468,7 @@ class WebDatasetReader(_Reader):
                          "tar; re-download it or leave it out of --webdataset.") from e
       if key is not None:
         if index >= start:
-          yield group_example(key, files)
+          yield group_example(key, files, captioned)
         index += 1
 
 

@@ -96,10 +96,14 @@ def each_image(spec: str, key: str = "images"):
 def interleave_text(key: str = "texts", out: str = "text", image: str = IMAGE,
                     end: str = END_OF_CHUNK):
   """One caption per example (random in training, the first when evaluating), each after
-  an image marker and before an end-of-chunk marker, joined into one string."""
+  an image marker and before an end-of-chunk marker, joined into one string. Empty and
+  whitespace captions are passed over; an example with no other raises
+  transforms.MissingText (the loader skips the record)."""
   @transforms.touches(key, out)
   def op(ex, rng):
-    caps = [t[0] if rng is None else t[int(rng.integers(len(t)))] for t in ex[key]]
+    where = f"{key!r} of record {ex.get('key', '?')!r}"
+    texts = [transforms.usable_texts(t, f"{where}, example {i}") for i, t in enumerate(ex[key])]
+    caps = [t[0] if rng is None else t[int(rng.integers(len(t)))] for t in texts]
     ex[out] = "".join(f"{image}{c}{end}" for c in caps)
     return ex
   return op

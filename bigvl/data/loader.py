@@ -8,9 +8,9 @@ function of (config, seed, s):
 * element j of the global stream goes to process j % process_count, so each host reads
   only its share, and its augmentation is seeded by (seed, j) whatever the process or
   worker count;
-* an example whose image cannot be decoded is replaced by a random readable one (drawn
-  from (seed, j) too), flagged in the batch's `_skipped` and logged with its key;
-  `data.on_corrupt="error"` stops instead.
+* an example whose image cannot be decoded, or that reaches a text op with no usable
+  caption, is replaced by a random usable one (drawn from (seed, j) too), flagged in the
+  batch's `_skipped` and logged with its key; `data.on_corrupt="error"` stops instead.
 
 Grain's iterator state rides in every checkpoint (see checkpoint.py); because of the
 above, restoring it and indexing the stream at the restored step give the same batches,
@@ -47,16 +47,23 @@ def _arrays_only(ex: dict) -> dict:
 
 def _unreadable(e: Exception) -> bool:
   # Reading a source may fail on the file itself (a missing or unreadable image in a
-  # folder source, a decoder error inside tfds); code and config errors must still raise.
-  return isinstance(e, (transforms.CorruptImage, OSError, SyntaxError)) or (
+  # folder source, a decoder error inside tfds), or the pp on the example's data (an
+  # undecodable image, no usable caption: transforms.UnusableExample); code and config
+  # errors must still raise.
+  return isinstance(e, (transforms.UnusableExample, OSError, SyntaxError)) or (
       type(e).__name__ in ("UnidentifiedImageError", "DecompressionBombError"))
+
+
+def _kind(e: Exception) -> str:
+  """How a log line calls the example that raised `e` (an `_unreadable` error)."""
+  return "unusable" if isinstance(e, transforms.MissingText) else "unreadable"
 
 
 class LoaderBatch(NamedTuple):
   """One process's share of a training batch, as the loader hands it to the loop.
 
   inputs: {field: (local_batch, ...)} the model inputs, what the pp's `keep(...)` kept.
-  skipped: (local_batch,) bool, True where an unreadable example was replaced.
+  skipped: (local_batch,) bool, True where an unreadable or unusable example was replaced.
   source: (local_batch,) int32, which source (index into `Stream.source_names`) each row
     came from.
   """
@@ -185,9 +192,10 @@ class Stream:
       first = e
     key = self._key(j)
     if self.on_corrupt == "error":
-      raise DataError(f"Unreadable example {key}: {first}. Fix or remove it, or set "
-                      "config.data.on_corrupt='skip' to skip such examples.") from first
-    print(f"WARNING: skipping unreadable example {key}: {first}", file=sys.stderr, flush=True)
+      raise DataError(f"{_kind(first).capitalize()} example {key}: {first}. Fix or remove it, "
+                      "or set config.data.on_corrupt='skip' to skip such examples.") from first
+    print(f"WARNING: skipping {_kind(first)} example {key}: {first}", file=sys.stderr,
+          flush=True)
     draws = np.random.default_rng((self.seed, j, 1))
     for _ in range(MAX_REPLACEMENTS):
       r = int(draws.integers(0, _STREAM_LEN))
@@ -196,11 +204,12 @@ class Stream:
       except Exception as e:
         if not _unreadable(e):
           raise
-        print(f"WARNING: skipping unreadable example {self._key(r)}: {e}", file=sys.stderr,
+        print(f"WARNING: skipping {_kind(e)} example {self._key(r)}: {e}", file=sys.stderr,
               flush=True)
-    raise DataError(f"{MAX_REPLACEMENTS} random replacements for unreadable example {key} "
-                    "were unreadable too: the data looks broken; check it with "
-                    "tools/make_dataset.py, which reports unreadable images.")
+    raise DataError(f"{MAX_REPLACEMENTS} random replacements for {_kind(first)} example {key} "
+                    "were unreadable or unusable too: the data looks broken; check it with "
+                    "tools/make_dataset.py, which reports unreadable images and examples "
+                    "without a caption.")
 
   def _key(self, j: int) -> str:
     i, ex = self.examples[j]

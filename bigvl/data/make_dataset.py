@@ -7,7 +7,8 @@
 Writes `OUT/<split>-00000.array_record`, ... (bigvl records, see bigvl/data/records.py)
 and, when the split is complete, `OUT/dataset.json`, which the `shards` source reads.
 Every image is decoded once to check it; unreadable ones are skipped, printed, and listed
-in `OUT/<split>-skipped.txt`. Shard k holds input items [k*S, (k+1)*S) less the skipped.
+in `OUT/<split>-skipped.txt`, as are examples without a usable caption in inputs that have
+captions (bigvl/data/ingest.py; docs/data.md, "Examples without a caption"). Shard k holds input items [k*S, (k+1)*S) less the skipped.
 An interrupted run resumes: running the same command again keeps the finished shards
 (recorded in `OUT/.<split>-progress.jsonl`) and continues after them.
 

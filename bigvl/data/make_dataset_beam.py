@@ -91,6 +91,7 @@ class Job:
   verify_images: bool
   workers: int  # Threads verifying images, per worker.
   tars: tuple[str, ...] = ()  # Webdataset inputs, in the reader's order.
+  captioned: bool = False  # The tars have captions (ingest.has_captions): read by the driver.
   images: str | None = None  # Folder inputs.
   captions: str | None = None
   pause_s: float = 0.0  # Tests: how long a worker waits after each shard it writes.
@@ -106,7 +107,8 @@ def job_of(reader, out: str, split: str, *, examples_per_shard: int, verify_imag
   common = dict(out=storage.abspath(out), split=split, examples_per_shard=examples_per_shard,
                 verify_images=verify_images, workers=max(1, workers), pause_s=pause_s)
   if isinstance(reader, ingest.WebDatasetReader):
-    return Job(tars=tuple(storage.abspath(p) for p in reader.paths), **common)
+    return Job(tars=tuple(storage.abspath(p) for p in reader.paths), captioned=reader.captioned,
+               **common)
   if isinstance(reader, ingest.FolderReader):
     return Job(images=storage.abspath(reader.images_dir),
                captions=storage.abspath(reader.captions_file), **common)
@@ -193,8 +195,10 @@ def count_groups(path: str) -> int:
   return n
 
 
-def tar_groups(path: str, start: int, stop: int) -> Iterator[dict | ingest.Skipped]:
-  """Key groups [start, stop) of the tar `path`, as ingest's webdataset reader yields them.
+def tar_groups(path: str, start: int, stop: int,
+               captioned: bool = False) -> Iterator[dict | ingest.Skipped]:
+  """Key groups [start, stop) of the tar `path`, as ingest's webdataset reader yields them
+  (`captioned`: whether the whole webdataset has captions, see ingest.group_example).
 
   The members of earlier groups are passed over without being read; reading ends at `stop`.
   """
@@ -209,7 +213,7 @@ def tar_groups(path: str, start: int, stop: int) -> Iterator[dict | ingest.Skipp
         if k != key:
           if key is not None:
             if index >= start:
-              yield ingest.group_example(key, files)
+              yield ingest.group_example(key, files, captioned)
             index += 1
             if index >= stop:
               return
@@ -219,7 +223,7 @@ def tar_groups(path: str, start: int, stop: int) -> Iterator[dict | ingest.Skipp
     except tarfile.TarError as e:
       raise _bad_tar(path, e) from e
     if key is not None and start <= index < stop:
-      yield ingest.group_example(key, files)
+      yield ingest.group_example(key, files, captioned)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -234,7 +238,7 @@ def shard_items(job: Job, spec: dict) -> Iterator[dict | ingest.Skipped]:
   """The input items of shard `spec`, in order."""
   if job.tars:
     for path, first, end in spec["tars"]:
-      yield from tar_groups(path, first, end)
+      yield from tar_groups(path, first, end, job.captioned)
   else:
     reader = _folder_reader(job.images, job.captions)
     yield from itertools.islice(reader.items(start=spec["start"]), spec["stop"] - spec["start"])

@@ -390,14 +390,35 @@ def affine(img, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
   return x
 
 
+class UnusableExample(ValueError):
+  """An example the pp cannot use because of its data (not the code or the config): the
+  loader skips it, replacing it by another, counted in `data/skipped` (or stops, by
+  config.data.on_corrupt)."""
+
+
+class MissingText(UnusableExample):
+  """An example that reaches a text op with no usable caption (none, or only empty or
+  whitespace ones)."""
+
+
+def usable_texts(texts, what: str) -> tuple[str, ...]:
+  """The captions of `texts` (a string or a sequence of them) that are not empty or
+  whitespace, in order; MissingText (naming `what`, e.g. the example's key) when none is."""
+  texts = (texts,) if isinstance(texts, str) else () if texts is None else tuple(texts)
+  usable = tuple(t for t in texts if isinstance(t, str) and t.strip())
+  if not usable:
+    raise MissingText(f"no usable caption in {what}: {texts!r}")
+  return usable
+
+
 @PP_OPS.register("choose_text")
 def choose_text(key: str = "texts", out: str = "text"):
-  """Picks one of several captions at random (the first when evaluating)."""
+  """Picks one of several captions at random (the first when evaluating). Empty and
+  whitespace captions are passed over; an example with no other raises MissingText, which
+  the loader turns into a skipped example."""
   @touches(key, out)
   def op(ex, rng):
-    texts = ex[key]
-    if isinstance(texts, str):
-      texts = (texts,)
+    texts = usable_texts(ex[key], f"{key!r} of example {ex.get('key', '?')!r}")
     ex[out] = texts[0] if rng is None else texts[int(rng.integers(len(texts)))]
     return ex
   return op
@@ -405,7 +426,8 @@ def choose_text(key: str = "texts", out: str = "text"):
 
 @PP_OPS.register("tokenize")
 def tokenize(key: str = "text", length: int | None = None, tokenizer=None, text_len=None):
-  """Tokenizes `ex[key]` into (length,) int32 ids (EOS, then padding)."""
+  """Tokenizes `ex[key]` into (length,) int32 ids (EOS, then padding). An empty or
+  whitespace string raises MissingText (the loader skips the example)."""
   if tokenizer is None:
     raise ValueError("pp op 'tokenize' needs a tokenizer; the loader passes config.data's.")
   length = length or text_len
@@ -414,7 +436,10 @@ def tokenize(key: str = "text", length: int | None = None, tokenizer=None, text_
 
   @touches(key)
   def op(ex, rng):
-    ex[key] = tokenizer.encode(ex[key], length)
+    text = ex[key]
+    if isinstance(text, str):  # One caption: an empty one is no caption (MissingText).
+      text = usable_texts(text, f"{key!r} of example {ex.get('key', '?')!r}")[0]
+    ex[key] = tokenizer.encode(text, length)
     return ex
   return op
 
@@ -431,7 +456,7 @@ def keep(*keys):
   return op
 
 
-class CorruptImage(ValueError):
+class CorruptImage(UnusableExample):
   """An image that cannot be decoded. The loader skips the example (or stops, by config)."""
 
 
@@ -464,8 +489,41 @@ def _pil_mode(channels: int | None) -> str | None:
   return {1: "L", 3: "RGB", None: None}[channels]
 
 
+def _sample_max(img) -> int:
+  """The largest sample value of a PIL integer image of mode I or I;16*: 2**31 - 1 for a
+  TIFF that says it holds 32 bits per sample, else 65535 (16-bit PNG, PGM/PPM, which
+  Pillow scales to 16 bits, 16-bit TIFF)."""
+  if img.mode == "I":
+    bits = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample.
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    if bits == 32:
+      return 2 ** 31 - 1
+  return 65535
+
+
+def to_8bit(img):
+  """A PIL image of more than 8 bits per sample as an 8-bit grey ("L") one, its samples
+  scaled to 0-255 and rounded: integer modes (I;16, I;16B, ..., I) by v * 255 / max
+  (`_sample_max`, negatives as 0), float (F) from [0, 1] (outside clipped, NaN as 0). Any
+  other mode is returned as it is. PIL's own convert() clips such images at 255 instead
+  (a 16-bit gradient comes out almost white). Loads the pixels."""
+  mode = img.mode
+  if not (mode == "F" or mode == "I" or mode.startswith("I;16")):
+    return img
+  from PIL import Image
+  x = np.asarray(img).astype(np.float64)
+  if mode == "F":
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+    top = 1.0
+  else:
+    top = float(_sample_max(img))
+  x = np.clip(x, 0.0, top) * (255.0 / top)
+  return Image.fromarray(np.rint(x).astype(np.uint8))
+
+
 def _load_pixels(img, key: str, channels: int | None) -> np.ndarray:
   try:
+    img = to_8bit(img)
     mode = _pil_mode(channels)
     if mode and img.mode != mode:
       img = img.convert(mode)
@@ -478,7 +536,8 @@ def _load_pixels(img, key: str, channels: int | None) -> np.ndarray:
 def decode(channels: int | None = 3, key: str = "image"):
   """Encoded image bytes (JPEG, PNG, ...) -> uint8 (H, W, channels).
 
-  An already decoded array only gets its channels fixed (grey -> RGB, RGBA -> RGB).
+  Images of more than 8 bits per sample (16-bit PNG or TIFF, 32-bit int, float) are
+  scaled to 0-255 (`to_8bit`). An already decoded array only gets its channels fixed (grey -> RGB, RGBA -> RGB).
   Undecodable bytes raise CorruptImage, which the loader turns into a skipped example.
   """
   if channels not in (1, 3, None):
@@ -545,6 +604,7 @@ def inception_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int 
       # draft() may only shrink by powers of two while keeping the crop >= the output.
       factor = max(1, min(h // h_out, w // w_out))
       try:
+        img = to_8bit(img)  # 16-bit and float images: scaled, not clipped by convert().
         if factor > 1 and img.format == "JPEG":
           img.draft("RGB", (W // factor, H // factor))
         sx, sy = img.size[0] / W, img.size[1] / H
