@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bigvl import checkpoint_checksums as checksums
 from bigvl import state as state_lib
 from bigvl import storage
 from bigvl.models import layer_scan
@@ -44,6 +45,10 @@ def check_location(workdir: str) -> None:
                      f"paths and gs:// only, not {kind}://. Put the workdir on gs:// or a "
                      "local/network disk; data, tokenizers and init_from can stay on "
                      f"{kind}:// (docs/storage.md).")
+
+
+class DamagedError(RuntimeError):
+  """A checkpoint's files differ from what was saved (checksums); handled as unreadable."""
 
 
 class SaveError(RuntimeError):
@@ -73,6 +78,7 @@ class Checkpointer:
     check_location(workdir)
     self.workdir = storage.abspath(workdir)
     self.directory = storage.join(self.workdir, "checkpoints")
+    self._saving: int | None = None  # The step whose save may still be in flight.
     self.manager = ocp.CheckpointManager(
         storage.epath(self.directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every or None,
@@ -94,10 +100,30 @@ class Checkpointer:
     if data_state is not None:
       # A snapshot, not the live iterator: an async save must not see later batches.
       items["data"] = grain.checkpoint.CheckpointSave(_DataState(data_state))
+    self.wait()  # Orbax waits for the previous save anyway; its checksums come first.
+    self._saving = step
     try:
       self.manager.save(step, args=ocp.args.Composite(**items))
     except Exception as e:  # The synchronous part (directory creation) failed.
       raise SaveError(self._failure(e)) from e
+    self.poll()
+
+  def poll(self) -> None:
+    """Called every step: SaveError if an asynchronous save has failed; once a save has
+    been committed, its files' checksums (checkpoint_checksums.py)."""
+    self.raise_failed_save()
+    if self._saving is not None and not self.manager.is_saving_in_progress():
+      self._write_checksums()
+
+  def _write_checksums(self) -> None:
+    step, self._saving = self._saving, None
+    if step is None or jax.process_index() != 0 or step not in self.manager.all_steps():
+      return
+    try:
+      checksums.write(storage.join(self.directory, str(step)))
+    except OSError as e:  # A full disk shows in the next save's error; the step stays usable.
+      print(f"WARNING: checksums of checkpoint {step} not written ({e}); it will be restored "
+            "unverified.", file=sys.stderr, flush=True)
 
   def check_layout(self, step: int) -> None:
     """Raises LayoutError when checkpoint `step` was written with an older train-state
@@ -142,6 +168,11 @@ class Checkpointer:
   def restore(self, step: int, state, shardings):
     """Restores `step` into arrays with the shapes and shardings of `state`/`shardings`;
     LayoutError for a checkpoint of an older layout, MismatchError for one of other shapes."""
+    # The train state's files; a damaged data-iterator state only costs re-indexing the
+    # stream (restore_data_state), not the checkpoint.
+    damage = checksums.verify(storage.join(self.directory, str(step)), within="state")
+    if damage is not None:
+      raise DamagedError(f"checksum mismatch: {damage}")
     self.check_layout(step)
     self.check_shapes(step, state)
     target = state_lib.abstract_like(state, shardings)
@@ -157,6 +188,9 @@ class Checkpointer:
                         f"process_{jax.process_index()}-of-{jax.process_count()}.json")
     if not storage.exists(path):
       return None
+    damage = checksums.verify(storage.join(self.directory, str(step)), within="data")
+    if damage is not None:
+      raise DamagedError(f"checksum mismatch: {damage}")
     holder = _DataState(None)
     self.manager.restore(step, args=ocp.args.Composite(
         data=grain.checkpoint.CheckpointRestore(holder)))
@@ -169,8 +203,11 @@ class Checkpointer:
     aside to `workdir/corrupt_checkpoints/`, never deleted; the next older one is tried.
     """
     for step in reversed(self.all_steps()):
-      self.check_layout(step)  # A checkpoint of another layout is not damaged: never moved.
-      self.check_shapes(step, state)  # Nor one of another model.
+      # A checkpoint of another layout or model is not damaged: never moved. (Checked after
+      # the checksums: damaged metadata must not read as another model.)
+      if checksums.verify(storage.join(self.directory, str(step)), within="state") is None:
+        self.check_layout(step)
+        self.check_shapes(step, state)
       try:
         return self.restore(step, state, shardings), step
       except Exception as e:  # Orbax/tensorstore raise many types for damaged files.
@@ -213,10 +250,12 @@ class Checkpointer:
             "permissions) and run the same command to resume from it.")
 
   def wait(self) -> None:
+    """Waits for the save in flight (SaveError if it failed) and writes its checksums."""
     try:
       self.manager.wait_until_finished()
     except Exception as e:
       raise SaveError(self._failure(e)) from e
+    self._write_checksums()
 
   def close(self) -> None:
     self.manager.close()

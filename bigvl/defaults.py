@@ -59,5 +59,5 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.data.workers = 0              # Grain worker processes; 0 reads in the main process.
   c.data.prefetch = 2             # Batches prefetched per worker.
   c.data.device_normalize = True  # A trailing value_range/normalize on uint8 images runs in the train step: uint8 crosses to the device (docs/data.md).
-  c.data.on_corrupt = "skip"      # An undecodable training image: skip (replace it, count it in data/skipped) | error.
+  c.data.on_corrupt = "skip"      # An unusable training example (undecodable image, no usable caption): skip (replace it, count it in data/skipped) | error.
   return c

@@ -146,7 +146,7 @@ def _train(config, workdir: str) -> dict:
     try:
       for step in range(start_step + 1, config.total_steps + 1):
         state, result = step_fn(state, *run.global_batch(next(it)))
-        ckpt.raise_failed_save()  # A failed async save stops the run one step later.
+        ckpt.poll()  # A failed async save stops the run one step later; checksums.
         is_last = step == config.total_steps
         # Read once: a SIGTERM arriving later in this iteration must not skip the save and
         # still end the run (it is then handled after the next step).

@@ -1,4 +1,5 @@
-"""Faults in a checkpoint's parts (issue 18): a damaged data-iterator state (item 3)."""
+"""Faults in a checkpoint's parts (issue 18): silent bit rot in the train state (item 2), a
+damaged data-iterator state (item 3)."""
 
 import shutil
 
@@ -38,6 +39,36 @@ def test_damaged_data_iterator_state_resumes_by_indexing_the_stream(finished, tm
   out = run_bigvl([*ARGS, "--workdir", str(workdir)], check=True).stdout
   assert "Resumed from checkpoint step 30" in out
   assert "Saved data iterator state not used" in out and "indexing the data stream at step 30" in out
+  params = checkpoint.load_params(str(workdir))
+  for k, v in finished[1].items():
+    assert np.array_equal(params[k], v), k
+
+
+def _data_files(step_dir):
+  return sorted(p for p in (step_dir / "state").rglob("*") if p.is_file() and
+                p.stat().st_size > 1000 and "/d/" in str(p))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_flipped_bit_is_caught_and_the_previous_checkpoint_restored(finished, tmp_path, seed):
+  import random
+  workdir = tmp_path / "run"
+  shutil.copytree(finished[0], workdir)
+  for step in (20, 30, 40):  # Every save wrote its checksums once committed.
+    assert (workdir / "checkpoints" / str(step) / "checksums.json").exists()
+  rng = random.Random(seed)
+  victim = rng.choice(_data_files(workdir / "checkpoints" / "40"))
+  data = bytearray(victim.read_bytes())
+  at = rng.randrange(len(data))
+  data[at] ^= 1 << rng.randrange(8)
+  victim.write_bytes(bytes(data))
+  out = run_bigvl([*ARGS, "--workdir", str(workdir)], check=True)
+  text = out.stdout + out.stderr
+  assert "cannot be restored (DamagedError: checksum mismatch" in text, text
+  assert "Resumed from checkpoint step 30" in text
+  aside = list((workdir / "corrupt_checkpoints").iterdir())
+  assert len(aside) == 1 and aside[0].name.startswith("40-")
   params = checkpoint.load_params(str(workdir))
   for k, v in finished[1].items():
     assert np.array_equal(params[k], v), k

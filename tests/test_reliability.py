@@ -149,7 +149,7 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path):
   biggest = files[-1]
   biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
   rerun = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
-                     "--config.total_steps=25", *FAST], check=True)
+                     "--config.total_steps=25", "--config.allow_changes=total_steps", *FAST], check=True)
   assert "WARNING: checkpoint" in rerun.stderr and str(newest) in rerun.stderr
   assert "Resumed from checkpoint step 10" in rerun.stdout
   kept = list((workdir / "corrupt_checkpoints").iterdir())
@@ -168,9 +168,9 @@ def test_restore_on_other_mesh_and_device_count(tmp_path):
              *FAST, *fsdp], env=eight, check=True)
   other = tmp_path / "dp4"
   shutil.copytree(saved, other)
-  run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(saved), "--config.total_steps=11",
+  run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(saved), "--config.total_steps=11", "--config.allow_changes=total_steps",
              *FAST, *fsdp], env=eight, check=True)
-  proc = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(other), "--config.total_steps=11",
+  proc = run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(other), "--config.total_steps=11", "--config.allow_changes=total_steps",
                     *FAST, *dp], env=four, check=True)
   assert "4 devices" in proc.stdout and "Resumed from checkpoint step 10" in proc.stdout
   want, got = _losses(saved)[11], _losses(other)[11]
