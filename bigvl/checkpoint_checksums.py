@@ -17,6 +17,7 @@ restored unverified.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import zlib
@@ -50,8 +51,12 @@ def write(step_dir: str) -> str | None:
   an object store, whose objects carry their own checksums)."""
   if storage.is_remote(step_dir):
     return None
-  table = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
-                 crc32_of(os.path.join(step_dir, rel))] for rel in _files(step_dir)}
+  rels = _files(step_dir)
+  # zlib releases the GIL on large buffers: files are hashed in parallel.
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    crcs = list(pool.map(lambda r: crc32_of(os.path.join(step_dir, r)), rels))
+  table = {rel: [os.path.getsize(os.path.join(step_dir, rel)), crc]
+           for rel, crc in zip(rels, crcs)}
   path = os.path.join(step_dir, FILE)
   storage.write(path, json.dumps({"algorithm": "crc32", "files": table}, indent=0))
   return path
