@@ -47,6 +47,24 @@ def check_location(workdir: str) -> None:
                      f"{kind}:// (docs/storage.md).")
 
 
+def describe_failure(e: BaseException, limit: int = 300) -> str:
+  """`Type: message` of the innermost exception `e` was raised from, on one line: what
+  orbax and tensorstore wrap (which file, which byte range) without their boilerplate, and
+  the system's reason that tensorstore puts at the end of a long message
+  ("... No space left on device [os_error_code='28']")."""
+  seen = set()
+  while id(e) not in seen and (e.__cause__ or e.__context__) is not None:
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  text = str(e).strip()
+  lines = text.splitlines()
+  first = lines[0].split(" See full TensorStore details")[0][:limit] if lines else ""
+  os_error = re.search(r":\s*([^:\[\]\n]+?)\s*\[os_error_code=", text)
+  if os_error and os_error.group(1).strip() not in first:
+    first = first[:max(limit - 60, 0)] + f" ... {os_error.group(1).strip()}"
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 class DamagedError(RuntimeError):
   """A checkpoint's files differ from what was saved (checksums); handled as unreadable."""
 
@@ -216,9 +234,8 @@ class Checkpointer:
         if jax.process_index() == 0:
           storage.makedirs(storage.dirname(aside))
           storage.move(path, aside)  # On a store: copied, then deleted (docs/storage.md).
-        print(f"WARNING: checkpoint {path} cannot be restored ({type(e).__name__}: "
-              f"{str(e).splitlines()[0][:300]}). Moved it to {aside}; trying the previous "
-              "checkpoint.", file=sys.stderr, flush=True)
+        print(f"WARNING: checkpoint {path} cannot be restored ({describe_failure(e)}). Moved "
+              f"it to {aside}; trying the previous checkpoint.", file=sys.stderr, flush=True)
         self.manager.reload()
     return state, 0
 
@@ -231,21 +248,11 @@ class Checkpointer:
       raise SaveError(self._failure(e)) from e
 
   def _failure(self, e: BaseException) -> str:
-    cause = e
-    while cause.__cause__ is not None or cause.__context__ is not None:  # The root error.
-      cause = cause.__cause__ or cause.__context__
     try:
       good = self.manager.latest_step()
     except Exception:
       good = None
-    text = str(cause)
-    first = text.splitlines()[0][:160] if text else ""
-    # tensorstore names the system's reason at the end of a long message
-    # ("...: Failed to write N bytes to file 4: No space left on device [os_error_code='28']").
-    os_error = re.search(r":\s*([^:\[\]\n]+?)\s*\[os_error_code=", text)
-    if os_error and os_error.group(1) not in first:
-      first += f" ... {os_error.group(1).strip()}"
-    return (f"A checkpoint save failed ({type(cause).__name__}: {first}); the run stops here. The "
+    return (f"A checkpoint save failed ({describe_failure(e)}); the run stops here. The "
             f"last good checkpoint is step {good} in {self.directory}. Fix the cause (space, "
             "permissions) and run the same command to resume from it.")
 

@@ -4,7 +4,8 @@
     python -m bigvl.eval --workdir DIR --random_init    # The same evaluators on the init params.
 
 Without --config, the run's own resolved config (`DIR/config.json`) is used, with the
-tokenizer the run cached in DIR. Without --checkpoint, the newest checkpoint. Results are
+tokenizer the run cached in DIR. Without --checkpoint, the newest checkpoint that reads back
+(a damaged newer one is named on stderr and left where it is). Results are
 printed, written to `DIR/eval_results/step_<STEP>.json`, and are the numbers the training
 loop logs for that step (`eval/<name>/<metric>`).
 """
@@ -40,23 +41,53 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(storage.read_text(path)))
 
 
+class DamagedCheckpointError(RuntimeError):
+  """The checkpoint asked for (or every one) cannot be read back; eval only reads, so nothing
+  is moved or deleted (the train loop moves a damaged one aside when it resumes)."""
+
+
 def restore(config, workdir: str, step: int | None = None):
   """(run, step, train state) of checkpoint `step` (None: the newest) of the run in
-  `workdir`, restored onto this process's mesh whatever mesh saved it."""
+  `workdir`, restored onto this process's mesh whatever mesh saved it.
+
+  Without `step`, a newest checkpoint that cannot be read back (truncated, corrupt) is
+  reported on stderr, one line, and the previous one is restored instead; with `step`, or
+  when none reads back, DamagedCheckpointError names the checkpoint and its cause. Nothing
+  is moved. A readable checkpoint that does not fit (checkpoint.LayoutError: an older
+  train-state layout, or other shapes) is raised, never skipped.
+  """
   run = run_lib.build(config, workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise config_lib.ConfigError(f"No checkpoint in {ckpt.directory}.")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise config_lib.ConfigError(f"No checkpoint for step {step} in {ckpt.directory}; "
-                                 f"available: {steps}.")
-  shapes, shardings = run.abstract_state()
-  # Outside the mesh context: there a boxed abstract param would be sharding-constrained.
-  state = ckpt.restore(step, shapes, shardings)
-  ckpt.close()
-  return run, step, state
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise config_lib.ConfigError(f"No checkpoint in {ckpt.directory}.")
+    if step is not None and step not in steps:
+      raise config_lib.ConfigError(f"No checkpoint for step {step} in {ckpt.directory}; "
+                                   f"available: {steps}.")
+    shapes, shardings = run.abstract_state()
+    tried = [step] if step is not None else steps[::-1]
+    for i, s in enumerate(tried):
+      try:
+        # Outside the mesh context: there a boxed abstract param would be sharding-constrained.
+        return run, s, ckpt.restore(s, shapes, shardings)
+      except ckpt_lib.LayoutError:
+        raise
+      except Exception as e:  # Orbax/tensorstore raise many types for damaged files.
+        damaged = (f"checkpoint {s} ({storage.join(ckpt.directory, str(s))}) is damaged "
+                   f"({ckpt_lib.describe_failure(e, limit=400)})")
+        if step is not None:
+          raise DamagedCheckpointError(
+              f"{damaged}; nothing was evaluated. Give another --checkpoint (available: "
+              f"{steps}), or none for the newest one that reads back.") from e
+        if i + 1 == len(tried):
+          raise DamagedCheckpointError(
+              f"{damaged}: no checkpoint of {ckpt.directory} ({steps}) reads back; nothing "
+              "was evaluated.") from e
+        print(f"warning: {damaged}; evaluating the previous one, {tried[i + 1]}.",
+              file=sys.stderr, flush=True)
+  finally:
+    ckpt.close()
 
 
 def _with_evals(config):
@@ -99,7 +130,7 @@ def main(argv) -> int:
       step, results = "random_init", evaluate_random_init(config, FLAGS.workdir)
     else:
       step, results = evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
-  except (config_lib.ConfigError, ckpt_lib.LayoutError) as e:
+  except (config_lib.ConfigError, ckpt_lib.LayoutError, DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if jax.process_index() == 0:

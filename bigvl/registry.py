@@ -148,6 +148,18 @@ def accepted_kwargs(fn: Callable[..., Any]) -> set[str] | None:
           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
 
 
+def option_defaults(fn: Callable[..., Any]) -> dict[str, Any] | None:
+  """{option: its default (None where it has none)} of the keywords `fn` accepts, or None
+  when it takes **kwargs: what a config section may set for it."""
+  names = accepted_kwargs(fn)
+  if names is None:
+    return None
+  target = fn.__init__ if inspect.isclass(fn) and not _is_dataclass_like(fn) else fn
+  params = inspect.signature(target).parameters
+  return {n: (None if params[n].default is inspect.Parameter.empty else params[n].default)
+          for n in names}
+
+
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
   """Raises a ValueError naming the first keyword `fn` does not take, and its closest valid one."""
   names = accepted_kwargs(fn)

@@ -162,6 +162,7 @@ class Run:
 
 def check_config(config, mesh, rules) -> None:
   """Fails before compilation on settings that cannot work."""
+  config_lib.check_values(config)  # lr > 0, batch_size >= 1, ...: before anything divides.
   dp = sh.data_parallel_size(mesh, rules)
   if config.batch_size % dp:
     raise config_lib.ConfigError(

@@ -71,6 +71,60 @@ def run_bigvl(args, *, env=None, timeout=600, check=False):
   return proc
 
 
+def call_main(module, args) -> int:
+  """`module.main` of a bigvl CLI (bigvl.train, bigvl.eval) run in this process on `args`, as
+  `python -m <module> ARGS` runs it; returns its exit status. absl's flags are reset after,
+  so the next call parses its own."""
+  from absl import flags
+  try:
+    return module.main([module.__name__, *map(str, args)])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def save_run_without_training(config, workdir, steps=(1,)):
+  """A workdir as a run of `config` leaves it, without training or compiling: its tokenizer
+  (trained by building the run), config.json, and checkpoints at `steps`, each holding a train
+  state of the run's shapes and shardings (random floats, zero integers). For what reads a
+  run back (bigvl.eval, tools, init_from) in seconds. Returns (Run, that state)."""
+  from bigvl import checkpoint, run as run_lib
+  workdir.mkdir(parents=True, exist_ok=True)
+  run = run_lib.build(config, str(workdir))
+  (workdir / "config.json").write_text(run.config.to_json(indent=2))
+  state = random_state(run)
+  if steps:
+    ckpt = checkpoint.Checkpointer(str(workdir), async_save=False)
+    for step in steps:
+      ckpt.save(step, state, run.config)
+    ckpt.wait()
+    ckpt.close()
+  return run, state
+
+
+def random_state(run):
+  """A train state of `run`'s shapes, boxes and shardings, filled on the host (no jit): floats
+  ~ N(0, 0.02), integers 0."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  shapes, shardings = run.abstract_state()
+  rng = np.random.default_rng(0)
+
+  def fill(sharding, x):
+    box = x if isinstance(x, nn.meta.AxisMetadata) else None
+    v = box.unbox() if box is not None else x
+    if not hasattr(v, "shape"):  # optax.MaskedNode: a frozen param's absent optimizer state.
+      return x
+    floating = jnp.issubdtype(v.dtype, jnp.floating)
+    host = (rng.normal(0, 0.02, v.shape) if floating else np.zeros(v.shape)).astype(v.dtype)
+    array = jax.device_put(host, sharding)
+    return box.replace_boxed(array) if box is not None else array
+
+  return jax.tree.map(fill, shardings, shapes,
+                      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+
+
 @pytest.fixture
 def demo_config():
   """The SigLIP demo config, loaded as the CLI loads it, shrunk for fast tests."""

@@ -77,3 +77,28 @@ def test_cli_missing_config_file(tmp_path):
                    timeout=120)
   assert proc.returncode == 2
   assert "configs/does_not_exist.py" in proc.stderr and "not found" in proc.stderr
+
+
+@pytest.mark.unit
+def test_objective_name_override_starts_the_new_objective_from_its_defaults():
+  """docs/run.md: a new objective.name replaces the block, first whatever its place; the other
+  objective.* overrides set the new objective's options, set by the config file or not."""
+  from bigvl import objectives
+  c = config_lib.load_config_file(DEMO_SIGLIP)
+  assert c.objective.chunked is False  # The demo's siglip option, which clip does not take.
+  clip = config_lib.apply_overrides(c, [("objective.image_mask_ratio", "0.5"),
+                                        ("objective.name", "clip")])
+  assert clip.objective.to_dict() == {"name": "clip", "image_mask_ratio": 0.5}
+  assert repr(objectives.build(clip.objective)) == "Clip(loss_impl='xla', image_mask_ratio=0.5)"
+  same = config_lib.apply_overrides(c, [("objective.name", "siglip")])
+  assert same.objective.to_dict() == c.objective.to_dict()
+  flip = config_lib.apply_overrides(c, [("objective.image_mask_ratio", "0.25")])
+  assert flip.objective.image_mask_ratio == 0.25 and flip.objective.chunked is False
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"objective 'clip' takes no option 'chunked'.*image_mask_ratio, "
+                           r"loss_impl"):
+    config_lib.apply_overrides(c, [("objective.chunked", "True"), ("objective.name", "clip")])
+  with pytest.raises(config_lib.ConfigError, match=r"Did you mean 'objective.loss_impl'"):
+    config_lib.apply_overrides(c, [("objective.loss_imp", "xla")])
+  with pytest.raises(config_lib.ConfigError, match=r"expected a float"):
+    config_lib.apply_overrides(c, [("objective.image_mask_ratio", "'half'")])

@@ -83,12 +83,20 @@ class Drill:
   # ---------------------------------------------------------------------------- the rows
 
   def reference_run(self) -> bool:
-    code, out = self.run(self.workdir("reference"))
+    workdir = self.workdir("reference")
+    proc = self.start(workdir)
+    while not self.steps_logged(workdir) and proc.poll() is None:
+      time.sleep(0.02)
+    t0 = time.monotonic()
+    out, _ = proc.communicate(timeout=3600)
+    code = proc.returncode
+    # How long the steps take: kill points are drawn within it.
+    self.train_s = max(time.monotonic() - t0, 0.5)
     if code != 0:
       self.row("uninterrupted run", False, f"exit {code}: {out[-500:]}")
       return False
     self.reference = checkpoint.load_params(self.workdir("reference"))
-    self.row("uninterrupted run", True, f"{self.steps} steps")
+    self.row("uninterrupted run", True, f"{self.steps} steps in {self.train_s:.1f} s")
     return True
 
   def kill9(self, seed: int) -> None:
@@ -98,7 +106,7 @@ class Drill:
       if proc.poll() is not None:
         return self.row(f"kill -9 (seed {seed})", False, "run ended before its first step")
       time.sleep(0.05)
-    time.sleep(random.Random(seed).uniform(0.0, 8.0))
+    time.sleep(random.Random(seed).uniform(0.0, 0.9 * self.train_s))
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     killed_at = max(self.steps_logged(workdir), default=0)

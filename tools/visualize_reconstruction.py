@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     config = config_lib.with_defaults(eval_lib.load_run_config(args.workdir))
     config.evals = {}
     run, step, state = eval_lib.restore(config, args.workdir, args.checkpoint)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, eval_lib.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   train_cfg = config.data.train.to_dict()
