@@ -10,10 +10,11 @@ import random
 import signal
 import time
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from bigvl import metrics
+from bigvl import checkpoint, metrics
 from conftest import DEMO_SIGLIP, run_bigvl
 from test_reliability import FAST, checkpoint_steps, logged_steps, popen_train
 
@@ -38,12 +39,15 @@ def straight(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
   run_bigvl(["--config", DEMO_SIGLIP, "--workdir", str(workdir),
              f"--config.total_steps={STEPS}", *FAST], check=True)
-  return {r["step"]: r["train/loss"] for r in _rows(workdir)}
+  return {r["step"]: r["train/loss"] for r in _rows(workdir)}, checkpoint.load_params(str(workdir))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_each_step_is_logged_once_after_a_kill_at_a_random_time(tmp_path, straight, seed):
+  """Also the fault suite's kill at a seeded random wall-clock time (not a step): the
+  resumed run ends with the uninterrupted run's params, bit for bit."""
+  straight, final = straight
   workdir = tmp_path / "run"
   proc = popen_train(workdir, f"--config.total_steps={STEPS}", *FAST)
   deadline = time.time() + 300
@@ -68,3 +72,6 @@ def test_each_step_is_logged_once_after_a_kill_at_a_random_time(tmp_path, straig
   assert [s for s, _ in board] == list(range(1, STEPS + 1))
   for step, value in board:
     assert value == pytest.approx(straight[step], rel=1e-6), step
+  params = checkpoint.load_params(str(workdir))
+  for k, v in final.items():
+    assert np.array_equal(params[k], v), k

@@ -14,7 +14,7 @@ import pytest
 from bigvl import checkpoint, config_lib, metrics, train
 from conftest import DEMO_SIGLIP, REPO, run_bigvl
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]  # The fault suite too.
 
 FAST = ["--config.checkpoint_every=10", "--config.log_every=1", "--config.evals={}"]
 

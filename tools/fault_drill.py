@@ -56,13 +56,28 @@ class Drill:
     return os.path.join(self.root, name)
 
   def start(self, workdir: str, *more: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bigvl.train", *self.args, "--workdir",
-                             workdir, *more], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # The output goes to a file beside the workdir: a pipe nobody reads while the drill
+    # polls would fill up and stop the run.
+    self._logs = getattr(self, "_logs", 0) + 1
+    log = open(f"{workdir}.{self._logs}.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "bigvl.train", *self.args, "--workdir",
+                             workdir, *more], stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc.log = log
+    return proc
+
+  @staticmethod
+  def finish(proc: subprocess.Popen) -> str:
+    """Waits for `proc`; its output."""
+    proc.wait(timeout=3600)
+    proc.log.seek(0)
+    out = proc.log.read()
+    proc.log.close()
+    return out
 
   def run(self, workdir: str, *more: str) -> tuple[int, str]:
     proc = self.start(workdir, *more)
-    out, _ = proc.communicate(timeout=3600)
+    out = self.finish(proc)
     return proc.returncode, out
 
   def steps_logged(self, workdir: str) -> list[int]:
@@ -85,13 +100,18 @@ class Drill:
   def reference_run(self) -> bool:
     workdir = self.workdir("reference")
     proc = self.start(workdir)
-    while not self.steps_logged(workdir) and proc.poll() is None:
+    t0 = t1 = None
+    while proc.poll() is None:  # How long the steps take: kill points are drawn within it.
+      logged = self.steps_logged(workdir)
+      now = time.monotonic()
+      if logged and t0 is None:
+        t0 = now
+      if logged and max(logged) >= self.steps and t1 is None:
+        t1 = now
       time.sleep(0.02)
-    t0 = time.monotonic()
-    out, _ = proc.communicate(timeout=3600)
+    out = self.finish(proc)
     code = proc.returncode
-    # How long the steps take: kill points are drawn within it.
-    self.train_s = max(time.monotonic() - t0, 0.5)
+    self.train_s = max((t1 or time.monotonic()) - (t0 or 0.0), 0.5) if t0 else 0.5
     if code != 0:
       self.row("uninterrupted run", False, f"exit {code}: {out[-500:]}")
       return False
@@ -108,7 +128,7 @@ class Drill:
       time.sleep(0.05)
     time.sleep(random.Random(seed).uniform(0.0, 0.9 * self.train_s))
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    self.finish(proc)
     killed_at = max(self.steps_logged(workdir), default=0)
     code, out = self.run(workdir)
     problem = f"rerun exit {code}" if code else self.same_params(workdir)
@@ -126,7 +146,7 @@ class Drill:
         return self.row("SIGTERM", False, "run ended before step 2")
       time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate()
+    out = self.finish(proc)
     saved = "SIGTERM: saved checkpoint at step" in out
     self.row("SIGTERM", proc.returncode == 0 and saved,
              "saved the current step and exited 0" if saved else f"exit {proc.returncode}")
@@ -184,7 +204,7 @@ class Drill:
     code, out = self.run(workdir, f"--config.total_steps={self.steps * 100}")
     still = first.poll() is None
     first.send_signal(signal.SIGKILL)
-    first.communicate()
+    self.finish(first)
     held = code == 1 and "is in use by another run" in out and still
     self.row("two runs on one workdir", held,
              "the second exited at once, the first went on" if held else f"exit {code}")
