@@ -89,6 +89,17 @@ def _shapes(tree) -> dict[str, tuple]:
   return out
 
 
+def _key_paths(tree) -> list[str]:
+  """The paths of the typed PRNG-key leaves of `tree`."""
+  out = []
+  for p, leaf in jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      out.append(path_str(p))
+  return out
+
+
 class Checkpointer:
   """Saves and restores `TrainState` under `workdir/checkpoints/<step>`."""
 
@@ -169,8 +180,12 @@ class Checkpointer:
       saved = self.manager.item_metadata(step)["state"].tree
     except Exception:  # Damaged: handled as such by the caller.
       return
-    want = _shapes(flax.serialization.to_state_dict(state))
-    have = _shapes(saved)
+    target = flax.serialization.to_state_dict(state)
+    want, have = _shapes(target), _shapes(saved)
+    # A PRNG key is stored as its raw data (another shape); orbax converts it back.
+    for key in _key_paths(target):
+      want.pop(key, None)
+      have.pop(key, None)
     diff = [f"{k}: saved {have[k]}, now {want[k]}" for k in sorted(set(have) & set(want))
             if have[k] != want[k]]
     missing = sorted(set(want) - set(have))
