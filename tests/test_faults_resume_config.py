@@ -8,30 +8,15 @@ evaluation cadence) pass with a note. A readable checkpoint of another model is 
 taken for a damaged one.
 """
 
-import hashlib
-import os
-
 import pytest
 
-from conftest import DEMO_SIGLIP, run_bigvl
+from conftest import DEMO_SIGLIP, load_tool, run_bigvl
 from test_reliability import FAST
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 ARGS = ["--config", DEMO_SIGLIP, "--config.total_steps=20", *FAST]
-
-
-def tree_hash(root) -> str:
-  """A hash of every file's relative path and bytes under `root`."""
-  h = hashlib.sha256()
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames.sort()
-    for name in sorted(filenames):
-      path = os.path.join(dirpath, name)
-      h.update(os.path.relpath(path, root).encode() + b"\0")
-      with open(path, "rb") as f:
-        h.update(f.read())
-  return h.hexdigest()
+tree_hash = load_tool("fault_drill").tree_hash  # Hash of every file's path and bytes.
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ import numpy as np
 from bigvl import checkpoint, metrics
 
 
-def _tree_hash(root: str) -> str:
+def tree_hash(root: str) -> str:
+  """A hash of every file's relative path and bytes under `root` (a refusal must change none)."""
   h = hashlib.sha256()
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames.sort()
@@ -188,9 +189,9 @@ class Drill:
 
   def changed_config(self) -> None:
     workdir = self.workdir("reference")
-    before = _tree_hash(workdir)
+    before = tree_hash(workdir)
     code, out = self.run(workdir, "--config.seed=12345")
-    held = code == 1 and "holds checkpoints of another run" in out and _tree_hash(workdir) == before
+    held = code == 1 and "holds checkpoints of another run" in out and tree_hash(workdir) == before
     self.row("resumed with another config", held,
              "refused, workdir unchanged" if held else f"exit {code}: {out[-300:]}")
 
