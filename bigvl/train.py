@@ -107,14 +107,16 @@ def _not_writable(workdir: str, e: BaseException) -> str:
 def check_writable(workdir: str) -> None:
   """ConfigError, before anything is compiled, when the workdir or its checkpoints/ cannot
   be written (a read-only mount, permissions, a full disk)."""
-  probe_dir = storage.join(workdir, "checkpoints")
-  probe = storage.join(probe_dir, f".write-test-{os.getpid()}")
-  try:
-    storage.makedirs(probe_dir)
-    storage.write(probe, b"x" * 4096)
-    storage.remove(probe)
-  except OSError as e:
-    raise config_lib.ConfigError(_not_writable(workdir, e)) from e
+  # The workdir, and its checkpoints/ when a run made one (nothing is created here: a
+  # config that fails next must leave no checkpoints/ behind).
+  dirs = [workdir] + [d for d in (storage.join(workdir, "checkpoints"),) if storage.isdir(d)]
+  for d in dirs:
+    probe = storage.join(d, f".write-test-{os.getpid()}")
+    try:
+      storage.write(probe, b"x" * 4096)
+      storage.remove(probe)
+    except OSError as e:
+      raise config_lib.ConfigError(_not_writable(workdir, e)) from e
 
 
 def _train(config, workdir: str) -> dict:
