@@ -208,6 +208,7 @@ make_dataset_beam.convert(ingest.read_webdataset(sys.argv[1]), sys.argv[2], "tra
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~12 s each on 2 idle cores; the default suite stays short.
 def test_beam_run_killed_resumes_without_rewriting_finished_shards(tmp_path):
   spec = make_tars(tmp_path / "wds")
   args = ["--webdataset", spec, "--examples_per_shard", PER_SHARD]
@@ -258,6 +259,7 @@ def test_beam_run_killed_resumes_without_rewriting_finished_shards(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~12 s each on 2 idle cores; the default suite stays short.
 def test_beam_writes_the_same_files_into_a_gcs_bucket(tmp_path, gcs_server):
   """Tars in gs:// and --out gs://...: the workers read the tars from the bucket; shards are
   written to local temporary files and uploaded, the rest through bigvl.storage; the GCS

@@ -227,6 +227,7 @@ class _Capture:
     sys.stdout, sys.stderr = self.saved
 
 
+@pytest.mark.slow  # The played README (~45 s of shared setup): CI's slow run.
 def test_every_readme_command_runs_as_written(played):
   player, results = played
   failed = {c: r for c, r in results.items() if r[0] != 0}
@@ -261,6 +262,7 @@ def test_every_readme_command_runs_as_written(played):
 @pytest.mark.parametrize("variant", [
     "--process_id=1",  # "... and the same with `--process_id=1`".
 ])
+@pytest.mark.slow  # The played README (~45 s of shared setup): CI's slow run.
 def test_readme_command_variants(played, variant):
   player, _ = played
   base = next(c for c in readme_commands() if "--process_id=0" in c)
@@ -270,6 +272,7 @@ def test_readme_command_variants(played, variant):
                                         num_processes=2, process_id=1)
 
 
+@pytest.mark.slow  # The played README (~45 s of shared setup): CI's slow run.
 @pytest.mark.parametrize("override", readme_overrides())
 def test_readme_override_builds_on_the_quick_start(played, override):
   """`--config.total_steps=3000`, `--config.objective.name=clip`, ...: each on the quick-start
@@ -294,6 +297,7 @@ def test_readme_override_builds_on_the_quick_start(played, override):
     assert built["init_report"]["loaded"] and not built["init_report"]["mismatched"]
 
 
+@pytest.mark.slow  # The played README (~45 s of shared setup): CI's slow run.
 @pytest.mark.parametrize("spec", readme_config_specs())
 def test_readme_config_arg_builds(played, spec):
   """`--config configs/demo/siglip_digits.py:steps=200,batch=32` sets what its arg says."""
@@ -316,6 +320,7 @@ def test_readme_example_config_trains(tmp_path):
   assert [r["step"] for r in rows if "train/loss" in r] == [10, 20]
 
 
+@pytest.mark.slow  # The played README (~45 s of shared setup): CI's slow run.
 def test_readme_own_data_snippet_reads_the_commands_output(played):
   """The "Your own data" section's config snippet, on what its two commands wrote."""
   import ml_collections
