@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Any
+
+import numpy as np
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all",
                "collective-broadcast", "ragged-all-to-all")
@@ -301,6 +304,68 @@ def memory_stats(compiled) -> dict[str, int]:
   out["peak_bytes_estimate"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
                                 - out["alias_bytes"])
   return out
+
+
+# XLA:CPU expands (drops) the optimization barriers that `jax.checkpoint` puts around the
+# recomputed forward pass early, in its layout-assignment pipeline (pass "cse_barrier_expander"),
+# and later CSE/simplification passes then merge the recomputation with the original forward:
+# every activation is kept anyway. On CPU, remat costs FLOPs and saves no memory. XLA:GPU expands
+# the barriers only after scheduling. Disabling that one pass makes the CPU's memory analysis
+# show what remat does on an accelerator (the program computes the same values).
+KEEP_BARRIERS_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"
+
+
+def remat_barriers_kept() -> bool:
+  """Whether XLA_FLAGS keeps remat's barriers on CPU (KEEP_BARRIERS_FLAG)."""
+  return "cse_barrier_expander" in os.environ.get("XLA_FLAGS", "")
+
+
+def keep_remat_barriers() -> None:
+  """Adds KEEP_BARRIERS_FLAG to XLA_FLAGS; effective only before the first backend use."""
+  if remat_barriers_kept():
+    return
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  name, _, passes = KEEP_BARRIERS_FLAG.partition("=")
+  for i, f in enumerate(flags):
+    if f.startswith(name + "="):  # One list of disabled passes: a second flag would replace it.
+      flags[i] = f + "," + passes
+      break
+  else:
+    flags.append(KEEP_BARRIERS_FLAG)
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def shard_shape(sharding, shape) -> tuple[int, ...]:
+  """The shape of one device's shard of an array of `shape` under a NamedSharding; an uneven
+  split counts the ceiling (XLA pads)."""
+  try:
+    return tuple(sharding.shard_shape(shape))
+  except ValueError:  # Uneven split (IndivisibleError): XLA pads, each device holds the ceiling.
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    out = []
+    for dim, axes in zip(shape, spec):
+      axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+      n = int(np.prod([sharding.mesh.shape[a] for a in axes], dtype=np.int64))
+      out.append(-(-dim // n))
+    return tuple(out)
+
+
+def tree_bytes_per_device(abstract, shardings) -> int:
+  """Bytes of a tree (a train state) on one device: each leaf's shard shape x itemsize, summed.
+
+  `abstract`: the tree of (boxed) ShapeDtypeStructs or arrays; `shardings`: its shardings (a
+  tree of the same structure, as `bigvl.state.abstract` returns). No compilation: the sizes
+  follow from the shardings alone.
+  """
+  import flax.linen as nn  # Local: the HLO analysis itself needs no Flax.
+  import jax
+
+  leaves = jax.tree.leaves(nn.unbox(abstract))
+  shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  if len(leaves) != len(shards):
+    raise ValueError(f"{len(leaves)} state arrays but {len(shards)} shardings.")
+  return int(sum(np.prod(shard_shape(s, x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
+                 for x, s in zip(leaves, shards)))
 
 
 def analyse(compiled) -> StepStats:

@@ -319,7 +319,8 @@ def split_config_flags(argv: list[str]) -> tuple[str | None, list[tuple[str, str
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses a config arg `"B/16,batch=1024"` against `defaults`.
 
-  Bare words fill the first default whose value is a string and that has not been
+  A bare word that names a boolean default sets it True (`"smoke"` for `smoke=False`);
+  other bare words fill the first default whose value is a string and that has not been
   set yet (e.g. a variant); `k=v` sets `k`. Unknown keys fail.
   """
   out = dict(defaults)
@@ -332,6 +333,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       if k not in defaults:
         raise ConfigError(_unknown_key_message(f"arg {k}", [f"arg {d}" for d in defaults]))
       out[k] = _parse_value(v, defaults[k], f"arg {k}") if defaults[k] is not None else v
+    elif isinstance(defaults.get(item), bool):
+      k = item
+      out[k] = True
     else:
       free = [k for k, v in defaults.items() if isinstance(v, str) and k not in set_keys]
       if not free:

@@ -51,6 +51,7 @@ def get_defaults() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.train = ml_collections.ConfigDict()  # {name, split, pp, ...source options} or {mixture: {label: {name, weight, pp?, ...}}, pp}
+  c.data.stand_in = ml_collections.ConfigDict()  # A source of data.train's fields that needs no files (name="synthetic", ...): what `python -m bigvl.plan` reads instead; empty: data.train itself.
   c.data.tokenizer = ""           # Path of a sentencepiece model; "" trains one on the train captions.
   c.data.vocab_size = 96          # Vocabulary of a tokenizer trained here.
   c.data.tokenizer_type = "bpe"   # bpe | unigram, for a tokenizer trained here.

@@ -26,7 +26,8 @@ from bigvl import config_lib, storage
 FREE = ("log_every", "eval_every", "evals", "checkpoint_every", "keep_checkpoints",
         "keep_every", "compilation_cache_dir", "peak_tflops", "allow_changes", "sharding",
         "grad_accum_steps", "nonfinite", "init_from", "init_subtree", "init_into", "init_also",
-        "data.workers", "data.prefetch", "data.device_normalize", "data.on_corrupt")
+        "data.workers", "data.prefetch", "data.device_normalize", "data.on_corrupt",
+        "data.stand_in")
 # Option names that mean the same wherever they stand (model.image.attention_impl, ...).
 FREE_LEAVES = ("attention_impl", "remat", "loss_impl", "chunked")
 _UNSET = "<unset>"

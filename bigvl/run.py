@@ -221,8 +221,10 @@ def build(config, workdir: str | None) -> Run:
     tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps,
                                         frozen=getattr(objective, "frozen_params", ""))
     context = dict(tokenizer=tokenizer, text_len=config.data.text_len)
+    # One example per process gives the batch's fields and shapes: a paper batch (32k
+    # images) would take minutes to preprocess here, and the loop reads its own.
     train_ds, input_transform = loader.train_pipeline(
-        config.data.train, batch_size=config.batch_size, seed=config.seed, context=context,
+        config.data.train, batch_size=jax.process_count(), seed=config.seed, context=context,
         process_index=jax.process_index(), process_count=jax.process_count(),
         on_corrupt=config.data.on_corrupt, device_ops=config.data.device_normalize)
     local = train_ds[0].inputs

@@ -64,7 +64,6 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import flax.linen as nn  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from bigvl import compiled_stats, config_lib, mfu as mfu_lib  # noqa: E402
@@ -77,32 +76,11 @@ MEMORY_FIELDS = ("temp_bytes", "argument_bytes", "output_bytes", "alias_bytes",
                  "generated_code_bytes", "peak_bytes_estimate")
 
 
-# XLA:CPU expands (drops) the optimization barriers that `jax.checkpoint` puts around the
-# recomputed forward pass early, in its layout-assignment pipeline (pass "cse_barrier_expander"),
-# and later CSE/simplification passes then merge the recomputation with the original forward:
-# every activation is kept anyway. On CPU, remat costs FLOPs and saves no memory. XLA:GPU expands
-# the barriers only after scheduling. Disabling that one pass makes the CPU's memory analysis
-# show what remat does on an accelerator (the program computes the same values).
-KEEP_BARRIERS_FLAG = "--xla_disable_hlo_passes=cse_barrier_expander"
-
-
-def remat_barriers_kept() -> bool:
-  return "cse_barrier_expander" in os.environ.get("XLA_FLAGS", "")
-
-
-def keep_remat_barriers() -> None:
-  """Adds KEEP_BARRIERS_FLAG to XLA_FLAGS; effective only before the first backend use."""
-  if remat_barriers_kept():
-    return
-  flags = os.environ.get("XLA_FLAGS", "").split()
-  name, _, passes = KEEP_BARRIERS_FLAG.partition("=")
-  for i, f in enumerate(flags):
-    if f.startswith(name + "="):  # One list of disabled passes: a second flag would replace it.
-      flags[i] = f + "," + passes
-      break
-  else:
-    flags.append(KEEP_BARRIERS_FLAG)
-  os.environ["XLA_FLAGS"] = " ".join(flags)
+# Remat's barriers on XLA:CPU: see compiled_stats.KEEP_BARRIERS_FLAG.
+KEEP_BARRIERS_FLAG = compiled_stats.KEEP_BARRIERS_FLAG
+remat_barriers_kept = compiled_stats.remat_barriers_kept
+keep_remat_barriers = compiled_stats.keep_remat_barriers
+state_bytes_per_device = compiled_stats.tree_bytes_per_device
 
 
 def log(*args) -> None:
@@ -191,33 +169,6 @@ def memory_stats(compiled) -> dict:
   """Per-device bytes from `compiled.memory_analysis()` (None where the backend has none)."""
   mem = compiled_stats.memory_stats(compiled)
   return {k: mem.get(k) for k in MEMORY_FIELDS}
-
-
-def _shard_shape(sharding, shape) -> tuple[int, ...]:
-  try:
-    return tuple(sharding.shard_shape(shape))
-  except ValueError:  # Uneven split (IndivisibleError): XLA pads, each device holds the ceiling.
-    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-    out = []
-    for dim, axes in zip(shape, spec):
-      axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-      n = int(np.prod([sharding.mesh.shape[a] for a in axes], dtype=np.int64))
-      out.append(-(-dim // n))
-    return tuple(out)
-
-
-def state_bytes_per_device(abstract, shardings) -> int:
-  """Bytes of a (train state) tree on one device: each leaf's shard shape x itemsize, summed.
-
-  `abstract`: the tree of (boxed) ShapeDtypeStructs or arrays; `shardings`: its shardings (a
-  tree prefix, as `bigvl.state.abstract` returns). An uneven split counts the padded shard.
-  """
-  leaves = jax.tree.leaves(nn.unbox(abstract))
-  shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  if len(leaves) != len(shards):
-    raise ValueError(f"{len(leaves)} state arrays but {len(shards)} shardings.")
-  return int(sum(np.prod(_shard_shape(s, x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
-                 for x, s in zip(leaves, shards)))
 
 
 # ------------------------------------------------------------------------------------------

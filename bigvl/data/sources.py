@@ -17,6 +17,7 @@ from bigvl.data import ingest  # noqa: E402,F401  (folder)
 from bigvl.data import interleaved  # noqa: E402,F401  (interleaved)
 from bigvl.data import shapes  # noqa: E402,F401  (shapes)
 from bigvl.data import shards  # noqa: E402,F401  (shards)
+from bigvl.data import synthetic  # noqa: E402,F401  (synthetic)
 from bigvl.data import tfds_source  # noqa: E402,F401  (tfds)
 
 # Keys of a data config that are the loader's, not the source's.

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bigvl import sharding as sh
 from bigvl.data import loader, transforms
 from bigvl.evaluators.context import eval_batch_size, eval_pp, eval_source
+from bigvl.evaluators.zeroshot import embed_texts
 from bigvl.models.capabilities import ImageTextEmbedder, require
 from bigvl.registry import EVALUATORS
 
@@ -53,8 +53,13 @@ def recall_at_k(img_emb: np.ndarray, txt_emb: np.ndarray, txt_image: np.ndarray,
 
 @EVALUATORS.register("retrieval")
 class Retrieval:
-  """Recall@1/5/10 image->text and text->image over a source's images and their captions
-  (`data`: its data config)."""
+  """Recall@1/5/10 image->text and text->image over a source's images and their captions.
+
+  data: its data config; each record's `texts` are its image's captions, any number of them
+  (COCO and Flickr30k have 5 an image, e.g. `dict(name="tfds", dataset="coco_captions",
+  split="test", text_key="captions/text")`). An image counts as found at K when any of its
+  captions is among the K texts nearest to it; every caption is a query for its image.
+  """
 
   def __init__(self, ctx, *, data: dict, ks=(1, 5, 10), batch_size: int = 256):
     require(ctx.model, ImageTextEmbedder, "retrieval")
@@ -80,14 +85,7 @@ class Retrieval:
 
   def run(self, params) -> dict[str, float]:
     texts, owner = self._texts()
-    tokens = self.ctx.tokenizer.encode(texts, self.ctx.text_len)
-    n = len(tokens)
-    tokens = np.concatenate([tokens, np.repeat(tokens[:1], (-n) % self.batch_size, 0)])
-    replicated = NamedSharding(self.ctx.mesh, P())
-    txt = np.concatenate([
-        sh.to_host(self._embed_text(params, jax.make_array_from_process_local_data(
-            replicated, tokens[i:i + self.batch_size])))
-        for i in range(0, len(tokens), self.batch_size)])[:n]
+    txt = embed_texts(self._embed_text, params, texts, self.ctx, self.batch_size)
     img = np.zeros((len(self.source), txt.shape[1]), np.float32)
     indexed = loader.IndexedSource(self.source)
     for batch in loader.eval_batches(indexed, self.pp, self.batch_size // self.ctx.process_count,

@@ -1,0 +1,21 @@
+"""SigLIP B/16 (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training").
+
+Reproduces: the released SigLIP B/16 checkpoints' ImageNet-1k zero-shot top-1, 76.2% at 224px
+and 76.7% at 256px (big_vision's SigLIP colab; arXiv 2303.15343 v4, Table 3 / appendix).
+Paper hardware: 16 TPU v4 chips for about 3 days per checkpoint; batch 32k, the sigmoid loss,
+WebLI English pairs, 64-token texts, 40B examples seen (1.22M steps at 32k).
+
+    python -m bigvl.train --config configs/siglip/b16.py:res=256,data_dir=gs://bucket/webli \
+        --workdir gs://bucket/siglip_b16_256 --distributed
+    python -m bigvl.plan --config configs/siglip/b16.py --topology v5e-256
+
+Data: bigvl shards of image-text pairs (tools/make_dataset.py from img2dataset output;
+`data_dir=` required), a sentencepiece model (`tokenizer=`, 32k pieces), and, for the evals,
+TFDS imagenet2012 and coco_captions under `eval_dir=`. Arg language: siglip_common.py.
+"""
+
+import siglip_common
+
+
+def get_config(arg=None):
+  return siglip_common.get_config("B/16", arg, res=224)
