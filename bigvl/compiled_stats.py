@@ -87,6 +87,7 @@ class _Instr:
   op: str
   rest: str
   operands: list[str] = dataclasses.field(default_factory=list)
+  is_root: bool = False
 
 
 def _shapes(type_str: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -121,6 +122,7 @@ def parse_computations(hlo_text: str) -> tuple[dict[str, list[_Instr]], str | No
     if m:
       ins = _Instr(*m.groups())
       ins.operands = _operands(ins.rest)
+      ins.is_root = line.lstrip().startswith("ROOT ")
       comps[current].append(ins)
   return comps, entry
 
@@ -167,7 +169,7 @@ def _dot_flops(instr: _Instr, shapes: dict[str, str]) -> float:
   return 2.0 * out_elems * math.prod(k_dims) / max(out_features, 1)
 
 
-_PASS_THROUGH = ("bitcast", "copy", "transpose", "reshape")
+_PASS_THROUGH = ("bitcast", "copy", "transpose", "reshape", "convert")
 
 
 class _Users:
@@ -202,11 +204,27 @@ def _only_sliced(users: _Users, comp: str, value: str, depth: int = 0) -> bool:
     if u.op == "fusion" and callee and callee.group(1) in comps:
       fused = callee.group(1)
       params = {int(p.rest.split(")")[0]): p.name for p in comps[fused] if p.op == "parameter"}
-      if all(_only_sliced(users, fused, params[i], depth + 1)
-             for i, o in enumerate(u.operands) if o == value and i in params):
+      mine = [params[i] for i, o in enumerate(u.operands) if o == value and i in params]
+      if all(_only_sliced(users, fused, p, depth + 1) for p in mine):
+        continue
+      # A fusion that only converts (bf16 compute of f32 params): follow its result outside.
+      if (mine and all(_to_root(users, fused, p) for p in mine)
+          and _only_sliced(users, comp, u.name, depth + 1)):
         continue
     return False
   return True
+
+
+def _to_root(users: _Users, comp: str, value: str, depth: int = 0) -> bool:
+  """Whether `value` reaches `comp`'s ROOT through pass-through ops only, and nothing else."""
+  root = next((i for i in users.comps[comp] if i.is_root), None)
+  if root is None or depth > 8:
+    return False
+  if value == root.name:
+    return True
+  uses = users(comp, value)
+  return bool(uses) and all(u.op in _PASS_THROUGH and _to_root(users, comp, u.name, depth + 1)
+                            for u in uses)
 
 
 def _sliced_bytes(users: _Users, comp: str, ins: _Instr) -> float:

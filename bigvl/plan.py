@@ -118,6 +118,7 @@ class Plan:
   compile_s: float | None
   mfu: float
   notes: list
+  no_remat: list = dataclasses.field(default_factory=list)  # Model blocks with remat "none".
 
   @property
   def predicted_bytes(self) -> int | None:
@@ -159,8 +160,10 @@ class Plan:
                  f"{_gib(state)} -> about {_gib(state / k)} per device)")
     room = mem - min(state, state / max(fsdp, 1)) - self.batch_bytes
     if self.temp_bytes and self.temp_bytes > room:
-      out.append("recompute activations in the backward pass: --config.model.<tower>.remat="
-                 "full (or dots_saveable) on each tower that is not already")
+      if self.no_remat:
+        out.append("recompute activations in the backward pass: " + " ".join(
+            f"--config.model.{k}.remat=full" for k in self.no_remat)
+                   + " (or dots_saveable)")
       k = 2 ** max(1, math.ceil(math.log2(self.temp_bytes / max(room, 1) + 1e-9)))
       while self.per_device_batch % k and k > 1:
         k //= 2
@@ -178,7 +181,10 @@ class Plan:
 
 
 def _gib(b: float) -> str:
-  return f"{b / GIB:.2f} GiB"
+  """Bytes in GiB, or MiB/KiB where GiB would print 0.00."""
+  for unit, size in (("GiB", GIB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    if abs(b) >= 0.1 * size or unit == "KiB":
+      return f"{b / size:.2f} {unit}"
 
 
 def _human(n: float) -> str:
@@ -288,7 +294,9 @@ def plan(config, hw: Hardware, *, mfu: float = 0.4, compile: bool = True,
                    "scheduling differ, so treat it as an estimate of theirs)"
                    + ("" if compiled_stats.remat_barriers_kept() else
                       "; remat barriers NOT kept: remat's savings are not shown"))
-  return Plan(config=spec, hardware=hw, mesh=dict(run.mesh.shape),
+  no_remat = [k for k, v in config.model.items()
+              if hasattr(v, "get") and v.get("remat", None) == "none"]
+  return Plan(config=spec, hardware=hw, mesh=dict(run.mesh.shape), no_remat=no_remat,
               rules=config.sharding.rules if isinstance(config.sharding.rules, str)
               else [list(r) for r in config.sharding.rules],
               batch_size=config.batch_size, per_device_batch=config.batch_size // dp,

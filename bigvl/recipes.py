@@ -8,7 +8,7 @@
 A paper config reads its data one of two ways, chosen by its arg `data=`: `tfds` (a TFDS
 dataset prepared in ArrayRecord format under `data_dir`, or TFDS's default directory) or
 `shards` (bigvl shards made by tools/make_dataset.py, e.g. from img2dataset output;
-`data_dir` required). `stand_in` is a synthetic source of the same fields, so the planner
+`data_dir` required once data is read: the planner and smoke runs need none). `stand_in` is a synthetic source of the same fields, so the planner
 (`python -m bigvl.plan`) and the smoke runs need no dataset.
 """
 
@@ -27,9 +27,8 @@ def source(arg, *, tfds: str, split: str, pp: str | None = None, **tfds_options)
   if kind not in DATA_KINDS:
     raise ConfigError(f"Config arg data={kind!r}; valid: {', '.join(DATA_KINDS)}.")
   if kind == "shards":
-    if not data_dir and not arg.get("smoke", False):
-      raise ConfigError("Config arg data=shards needs data_dir=<the --out of "
-                        "tools/make_dataset.py> (a local path or gs:// URL).")
+    # An empty data_dir is refused when the run opens the source (ShardSource), not here:
+    # the planner and a smoke run read the stand-in and need no dataset.
     out = dict(name="shards", data_dir=data_dir, split=split)
   else:
     out = dict(name="tfds", dataset=tfds, split=split, **tfds_options)

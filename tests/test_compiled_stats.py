@@ -97,3 +97,51 @@ def test_excess_collectives_and_errors():
   assert set(excess) == {"all-gather"} and excess["all-gather"]["ref_count"] == 0
   with pytest.raises(ValueError, match="No ENTRY computation"):
     cs.analyse_text("HloModule empty")
+
+
+# A bf16-compute layer gradient, as XLA:CPU writes it under a layer scan: all-reduced in f32,
+# converted to bf16 by a fusion, then sliced to this device's rows inside the fusion that
+# updates the stacked accumulator (a reduce-scatter on TPU/GPU); and one that is not sliced.
+HLO_CONVERT = """HloModule m
+
+%conv (p: f32[64,4]) -> bf16[64,4] {
+  %p = f32[64,4]{1,0} parameter(0)
+  ROOT %c = bf16[64,4]{1,0} convert(%p)
+}
+
+%upd (a: f32[3,8,4], b: bf16[64,4], i: s32[]) -> f32[3,8,4] {
+  %a = f32[3,8,4]{2,1,0} parameter(0)
+  %b = bf16[64,4]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %z = s32[] constant(0)
+  %ds = bf16[8,4]{1,0} dynamic-slice(%b, %i, %z), dynamic_slice_sizes={8,4}
+  %f = f32[8,4]{1,0} convert(%ds)
+  %r = f32[1,8,4]{2,1,0} reshape(%f)
+  ROOT %dus = f32[3,8,4]{2,1,0} dynamic-update-slice(%a, %r, %z, %z, %z)
+}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+
+ENTRY %main (g: f32[64,4], h: f32[16], acc: f32[3,8,4], i: s32[]) -> (f32[3,8,4], f32[16]) {
+  %g = f32[64,4]{1,0} parameter(0)
+  %h = f32[16]{0} parameter(1)
+  %acc = f32[3,8,4]{2,1,0} parameter(2)
+  %i = s32[] parameter(3)
+  %ar = f32[64,4]{1,0} all-reduce(%g), replica_groups={}, to_apply=%add
+  %cv = bf16[64,4]{1,0} fusion(%ar), kind=kLoop, calls=%conv
+  %up = f32[3,8,4]{2,1,0} fusion(%acc, %cv, %i), kind=kLoop, calls=%upd
+  %ar2 = f32[16]{0} all-reduce(%h), replica_groups={}, to_apply=%add
+  %n = f32[16]{0} negate(%ar2)
+  ROOT %t = (f32[3,8,4]{2,1,0}, f32[16]{0}) tuple(%up, %n)
+}
+"""
+
+
+def test_all_reduce_sliced_after_a_converting_fusion():
+  stats = cs.analyse_text(HLO_CONVERT)
+  assert stats.collective_table()["all-reduce"] == {"count": 2, "bytes": (64 * 4 + 16) * 4}
+  assert stats.all_reduce_sliced_bytes == 64 * 4 * 4  # Not the negated (16,) one.

@@ -56,6 +56,10 @@ class ShardSource:
   """Random-access examples of one split of a bigvl shards dataset."""
 
   def __init__(self, data_dir: str, split: str = "train", cache_dir: str = ""):
+    if not data_dir:
+      raise ValueError("The 'shards' source has no data_dir: give the --out of "
+                       "tools/make_dataset.py (a paper config takes it as its arg, e.g. "
+                       "--config configs/siglip/b16.py:data_dir=gs://bucket/shards).")
     meta = read_metadata(data_dir)
     splits = meta.get("splits", {})
     if split not in splits:

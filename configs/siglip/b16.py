@@ -2,8 +2,10 @@
 
 Reproduces: the released SigLIP B/16 checkpoints' ImageNet-1k zero-shot top-1, 76.2% at 224px
 and 76.7% at 256px (big_vision's SigLIP colab; arXiv 2303.15343 v4, Table 3 / appendix).
-Paper hardware: 16 TPU v4 chips for about 3 days per checkpoint; batch 32k, the sigmoid loss,
-WebLI English pairs, 64-token texts, 40B examples seen (1.22M steps at 32k).
+Paper hardware: TPU v4 (the released models' cards: 16 chips, 3 days). Batch 32k, the sigmoid
+loss, WebLI English pairs, 64-token texts. Steps: `samples=` examples seen / batch; the default
+40e9 (1.22M steps at 32k) is the long schedule, so set `samples=` to the length you compare
+against (`python -m bigvl.plan` prints the days it implies).
 
     python -m bigvl.train --config configs/siglip/b16.py:res=256,data_dir=gs://bucket/webli \
         --workdir gs://bucket/siglip_b16_256 --distributed

@@ -2,8 +2,7 @@
 
 Reproduces: the released SigLIP L/16 checkpoints' ImageNet-1k zero-shot top-1, 80.5% at 256px
 and 82.1% at 384px (big_vision's SigLIP colab; arXiv 2303.15343 v4). Paper hardware: TPU v4;
-batch 32k, WebLI English pairs, 64-token texts,
-40B examples seen.
+batch 32k, WebLI English pairs, 64-token texts; steps from `samples=` as in b16.py.
 
     python -m bigvl.train --config configs/siglip/l16.py:res=384,data_dir=gs://bucket/webli \
         --workdir gs://bucket/siglip_l16_384 --distributed
