@@ -371,19 +371,27 @@ def shard_shape(sharding, shape) -> tuple[int, ...]:
 def tree_bytes_per_device(abstract, shardings) -> int:
   """Bytes of a tree (a train state) on one device: each leaf's shard shape x itemsize, summed.
 
-  `abstract`: the tree of (boxed) ShapeDtypeStructs or arrays; `shardings`: its shardings (a
-  tree of the same structure, as `bigvl.state.abstract` returns). No compilation: the sizes
-  follow from the shardings alone.
+  `abstract`: the tree of (boxed) ShapeDtypeStructs or arrays; `shardings`: its shardings, a
+  prefix of it with a sharding where `abstract` has an array or a box (as
+  `bigvl.state.abstract` returns). A box around no array (optax's MaskedNode: a frozen param
+  has no optimizer state) holds no bytes. No compilation: the sizes follow from the
+  shardings alone.
   """
   import flax.linen as nn  # Local: the HLO analysis itself needs no Flax.
   import jax
 
-  leaves = jax.tree.leaves(nn.unbox(abstract))
-  shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  if len(leaves) != len(shards):
-    raise ValueError(f"{len(leaves)} state arrays but {len(shards)} shardings.")
-  return int(sum(np.prod(shard_shape(s, x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
-                 for x, s in zip(leaves, shards)))
+  sizes = []
+
+  def one(sharding, x):
+    v = x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+      sizes.append(int(np.prod(shard_shape(sharding, v.shape), dtype=np.int64))
+                   * np.dtype(v.dtype).itemsize)
+    return None
+
+  jax.tree.map(one, shardings, abstract,
+               is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  return int(sum(sizes))
 
 
 def analyse(compiled) -> StepStats:

@@ -40,6 +40,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.optimizer.min_lr_ratio = 0.0  # End of decay, as a fraction of lr.
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8          # Adam's epsilon (open_clip's LAION runs: 1e-6).
   c.optimizer.weight_decay = 1e-4  # Decoupled, applied to params matching wd_pattern.
   c.optimizer.wd_pattern = r".*/kernel$"  # Regex over "/"-joined param paths.
   c.optimizer.grad_clip = 1.0     # Global norm clip; 0 disables.

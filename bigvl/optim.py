@@ -53,8 +53,8 @@ def make_optimizer(cfg, total_steps: int, frozen: str = ""
                                             params)
 
   if cfg.name == "adamw":
-    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                      mask=wd_mask)
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.get("eps", 1e-8),
+                      weight_decay=cfg.weight_decay, mask=wd_mask)
   elif cfg.name == "sgd":
     opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=wd_mask),
                       optax.sgd(schedule, momentum=cfg.b1))

@@ -187,6 +187,27 @@ def _gib(b: float) -> str:
       return f"{b / size:.2f} {unit}"
 
 
+def _param_groups(params: dict) -> list[str]:
+  """"img 92.88M", ...; numbered siblings in one entry ("xattn0-35 36 x 19.35M")."""
+  groups: dict[str, list] = {}
+  for k, v in params.items():
+    if k == "total":
+      continue
+    m = re.fullmatch(r"(.*\D)(\d+)", k)
+    groups.setdefault(m.group(1) if m else k, []).append((int(m.group(2)) if m else None, k, v))
+  out = []
+  for prefix, items in groups.items():
+    if len(items) > 2 and all(i is not None for i, _, _ in items):
+      idx = sorted(i for i, _, _ in items)
+      total = sum(v for _, _, v in items)
+      each = {v for _, _, v in items}
+      size = f"{len(items)} x {_human(each.pop())}" if len(each) == 1 else _human(total)
+      out.append(f"{prefix}{idx[0]}-{idx[-1]} {size}")
+    else:
+      out += [f"{k} {_human(v)}" for _, k, v in items]
+  return out
+
+
 def _human(n: float) -> str:
   for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
     if abs(n) >= size:
@@ -315,8 +336,7 @@ def report(p: Plan) -> str:
            f"  mesh {p.mesh}, rules {p.rules}; batch {p.batch_size} = {p.per_device_batch} per "
            f"device" + (f" in {p.grad_accum_steps} micro-batches" if p.grad_accum_steps > 1
                         else "") + f"; {p.total_steps:,} steps",
-           "params:   " + ", ".join(f"{k} {_human(v)}" for k, v in p.params.items()
-                                   if k != "total") + f"; total {p.params['total']:,}",
+           "params:   " + ", ".join(_param_groups(p.params)) + f"; total {p.params['total']:,}",
            f"model FLOPs per example (forward + backward): {p.model_flops_per_example:.4g} "
            f"({p.model_flops_per_step:.4g} per step; the count train/mfu uses)",
            "memory per device:",

@@ -73,8 +73,10 @@ def test_scanned_text_tower_with_padding_mask_and_gradients():
   v2, g2 = jax.value_and_grad(loss(scanned))(_nest(p_scan))
   np.testing.assert_allclose(v2, v1, rtol=1e-5)
   g1 = layer_scan.match_layout(_flat(g1), p_scan)
+  # float32 rounding of another summation order (loop vs unrolled): on this machine's
+  # jax/XLA one element of 160 differs by 1.5e-5 (rel 3e-4); a layout bug differs by O(1).
   for k, g in _flat(g2).items():
-    np.testing.assert_allclose(g, g1[k], atol=1e-5, rtol=1e-4, err_msg=k)
+    np.testing.assert_allclose(g, g1[k], atol=5e-5, rtol=1e-4, err_msg=k)
 
 
 def test_merge_params_loads_either_layout():

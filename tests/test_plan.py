@@ -144,3 +144,15 @@ def test_predicted_memory_within_10_percent_of_the_compiled_train_step():
   for row in rows:
     print(row)
     assert abs(row["predicted"] / row["compiled"] - 1) < 0.10, row
+
+
+@pytest.mark.unit
+def test_frozen_params_carry_no_optimizer_state_in_the_plan():
+  """LiT's locked image tower has no Adam moments: the state the planner counts is params +
+  2 moments of the text tower (and the temperature) only."""
+  config = config_lib.load_config_file(os.path.join(ROOT, "configs/lit/lit_b16.py:smoke"))
+  p = plan_lib.plan(config, plan_lib.hardware(devices=1, memory_gib=16), compile=False)
+  trainable = p.params["total"] - p.params["img"]
+  assert p.state_bytes["params"] == 4 * p.params["total"]
+  # Two float32 moments per trainable param, plus Adam's step counters (a few bytes).
+  assert 0 <= p.state_bytes["opt_state"] - 8 * trainable < 64, (p.state_bytes, p.params)

@@ -35,3 +35,21 @@ def test_train_step_reduces_loss_on_fixed_batch(demo_config):
   assert np.isfinite(losses).all()
   # SigLIP's loss starts near n * log(1 + e^-b)... and must fall well below where it began.
   assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_optimizer_eps_reaches_adam():
+  """config.optimizer.eps is Adam's epsilon: the first update of a gradient g is
+  -lr * g / (|g| + eps) (bias-corrected moments), so a tiny g tells eps apart."""
+  import jax.numpy as jnp
+  import ml_collections
+  from bigvl import defaults
+  params, grad = {"w": jnp.zeros((1,))}, {"w": jnp.full((1,), 1e-7)}
+  steps = {}
+  for eps in (1e-8, 1e-6):
+    cfg = ml_collections.ConfigDict(defaults.get_defaults().optimizer.to_dict())
+    cfg.update(lr=1.0, eps=eps, weight_decay=0.0, grad_clip=0.0, schedule="constant")
+    tx, _ = optim.make_optimizer(cfg, 10)
+    update, _ = tx.update(grad, tx.init(params), params)
+    steps[eps] = float(update["w"][0])
+  np.testing.assert_allclose(steps[1e-8], -1e-7 / (1e-7 + 1e-8), rtol=1e-4)
+  np.testing.assert_allclose(steps[1e-6], -1e-7 / (1e-7 + 1e-6), rtol=1e-4)

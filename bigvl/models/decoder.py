@@ -75,8 +75,9 @@ class DecoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, memory, *, causal: bool = True, decode: bool = False,
+  def __call__(self, x, memory, causal: bool = True, decode: bool = False,
                train: bool = False):
+    # Positional (not keyword-only) so that nn.remat can mark causal/decode/train static.
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
     x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     y = layers.layer_norm(self.ln_eps, "ln1", self.dtype)(x)
@@ -117,11 +118,24 @@ class TextDecoder(nn.Module):
   ln_eps: float = 1e-6
   dropout: float = 0.0
   attention_impl: str = "xla"
+  remat: str = "none"                # none | full | dots_saveable: what each block keeps for
+                                     # backward (not applied to cached decoding).
   dtype: Any = jnp.float32
 
   def dims(self) -> dict[str, int]:
     return sizes.resolve(self.variant, width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
                          num_heads=self.num_heads)
+
+  def _block(self, decode: bool):
+    """DecoderBlock, rematerialised under `remat` unless decoding step by step."""
+    if self.remat == "none" or decode:
+      return DecoderBlock
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f"Unknown config.model.decoder.remat {self.remat!r}; valid: none, "
+                       f"{', '.join(layers.REMAT_POLICIES)}.")
+    # Arguments: self=0, x=1, memory=2, causal=3, decode=4, train=5.
+    return nn.remat(DecoderBlock, policy=layers.REMAT_POLICIES[self.remat],
+                    static_argnums=(3, 4, 5))
 
   @nn.compact
   def __call__(self, inputs, memory, *, decode: bool = False, parallel: bool = False,
@@ -165,6 +179,7 @@ class TextDecoder(nn.Module):
                        (1, 1, width))
       x = jnp.concatenate([x, jnp.broadcast_to(cls.astype(x.dtype), (b, 1, width))], axis=1)
     extras = {}
+    block = self._block(decode)
     for i in range(d["depth"]):
       cross = i >= self.unimodal_depth
       if cross and use_cls and i == self.unimodal_depth:
@@ -174,9 +189,9 @@ class TextDecoder(nn.Module):
         break
       if cross and memory is None:
         raise ValueError("TextDecoder: cross-attention layers need image tokens (memory).")
-      x = DecoderBlock(d["num_heads"], d["mlp_dim"], cross, self.act, self.ln_eps, self.dropout,
-                       self.attention_impl, self.dtype, name=f"block{i}")(
-                           x, memory, causal=not parallel, decode=decode, train=train)
+      x = block(d["num_heads"], d["mlp_dim"], cross, self.act, self.ln_eps, self.dropout,
+                self.attention_impl, self.dtype, name=f"block{i}")(
+                    x, memory, not parallel, decode, train)
     if use_cls and "cls" not in extras:  # Every layer unimodal.
       x, cls_out = x[:, :-1], x[:, -1]
       extras["cls"] = layers.layer_norm(self.ln_eps, "cls_norm", self.dtype)(cls_out)

@@ -68,6 +68,9 @@ class ViT(nn.Module):
   num_heads: int | None = None
   patch_size: int | None = None
   posemb: str = "learn"              # learn | sincos2d
+  posemb_grid: int | None = None     # posemb="learn": the stored table's grid side (e.g. 14),
+                                     # bilinearly resized to each image's grid when they differ;
+                                     # None: the grid of the image at init.
   pool: str = "gap"                  # cls | gap | map | none
   cls_posemb: bool = False           # The class token has a learned position too (HF/open_clip):
                                      # pos_embedding then covers 1 + patches positions.
@@ -126,9 +129,11 @@ class ViT(nn.Module):
         # Read as stored: self.param would insist on this call's grid size.
         pe = nn.unbox(self.get_variable("params", "pos_embedding"))
       else:
+        n_table = (self.posemb_grid ** 2 + int(self.cls_posemb) if self.posemb_grid
+                   else n_pos)
         pe = self.param("pos_embedding",
                         layers.logical(nn.initializers.normal(width ** -0.5),
-                                       (None, sh.LENGTH, sh.EMBED)), (1, n_pos, width))
+                                       (None, sh.LENGTH, sh.EMBED)), (1, n_table, width))
       if pe.shape[1] != n_pos:   # Another resolution than at init.
         if self.cls_posemb:
           pe = jnp.concatenate([pe[:, :1], resize_posemb(pe[:, 1:], h, w)], axis=1)

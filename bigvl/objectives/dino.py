@@ -9,6 +9,12 @@ teacher <- m * teacher + (1 - m) * student, with m following a cosine from
 `teacher_momentum` to 1 over the run; centre <- c * centre + (1 - c) * mean teacher output.
 Evaluators see the teacher (`eval_params`), as in the paper.
 
+The paper's teacher temperature warm-up: with `warmup_teacher_temp_steps` > 0 the teacher
+temperature goes linearly from `warmup_teacher_temp` at step 0 to `teacher_temp` at that
+step, then stays (main_dino.py's `--warmup_teacher_temp`, `--warmup_teacher_temp_epochs`).
+The temperature of the next step is then kept in the objective state (`teacher_temp`, a
+scalar set by `update_state`), since the loss sees the state but not the step.
+
 Options beyond the paper's (both from DINOv2, both off by default):
 
 - `centering="sinkhorn"`: the teacher's targets are a Sinkhorn-Knopp normalisation of
@@ -36,6 +42,12 @@ def teacher_momentum(step, base: float, total_steps: int):
   """Cosine schedule from `base` at step 0 to 1 at `total_steps`."""
   frac = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
   return 1.0 - (1.0 - base) * (jnp.cos(math.pi * frac) + 1.0) / 2.0
+
+
+def teacher_temp_at(step, start: float, end: float, warmup_steps: int):
+  """Linear from `start` at step 0 to `end` at `warmup_steps`, then `end`."""
+  frac = jnp.minimum(jnp.asarray(step, jnp.float32) / max(warmup_steps, 1), 1.0)
+  return start + (end - start) * frac
 
 
 def _crop_major(crops):
@@ -75,7 +87,9 @@ def koleo_loss(x, eps: float = 1e-8):
 @dataclasses.dataclass(frozen=True)
 class Dino:
   student_temp: float = 0.1
-  teacher_temp: float = 0.04
+  teacher_temp: float = 0.04         # After the warm-up (if any).
+  warmup_teacher_temp: float | None = None  # Teacher temperature at step 0 (None: teacher_temp).
+  warmup_teacher_temp_steps: int = 0  # Linear warm-up steps of the teacher temperature; 0: none.
   teacher_momentum: float = 0.996     # At step 0; cosine to 1 at total_steps.
   center_momentum: float = 0.9
   total_steps: int = 0                # Of the momentum schedule; the run's when not set.
@@ -94,16 +108,31 @@ class Dino:
                        "'sinkhorn'.")
     if self.koleo_weight < 0:
       raise ValueError("config.objective.koleo_weight must be >= 0.")
+    if self.warmup_teacher_temp_steps < 0 or (self.warmup_teacher_temp is not None
+                                              and self.warmup_teacher_temp <= 0):
+      raise ValueError("config.objective.warmup_teacher_temp_steps must be >= 0 and "
+                       "warmup_teacher_temp > 0.")
+
+  def _temp_warmup(self) -> bool:
+    return self.warmup_teacher_temp_steps > 0
+
+  def _temp_at(self, step):
+    start = self.teacher_temp if self.warmup_teacher_temp is None else self.warmup_teacher_temp
+    return teacher_temp_at(step, start, self.teacher_temp, self.warmup_teacher_temp_steps)
 
   def init_inputs(self, batch):
     return (batch["crops_global"][:, 0],)
 
   def init_state(self, params):
     """{"teacher": a copy of the student's params (same tree, same logical axes),
-    "center": zeros (out_dim,)}."""
+    "center": zeros (out_dim,)}, and with a temperature warm-up "teacher_temp" (the
+    temperature of step 0)."""
     out_dim = nn.unbox(params["student"]["head"]["last_layer"]).shape[-1]
-    return {"teacher": jax.tree.map(jnp.copy, params),
-            "center": jnp.zeros((out_dim,), jnp.float32)}
+    state = {"teacher": jax.tree.map(jnp.copy, params),
+             "center": jnp.zeros((out_dim,), jnp.float32)}
+    if self._temp_warmup():
+      state["teacher_temp"] = jnp.asarray(self._temp_at(0), jnp.float32)
+    return state
 
   def eval_params(self, params, objective_state):
     """Evaluators probe the teacher."""
@@ -128,11 +157,13 @@ class Dino:
 
     teacher = jax.lax.stop_gradient(model.apply(
         {"params": objective_state["teacher"]}, glob).astype(jnp.float32))
+    t_temp = (jax.lax.stop_gradient(objective_state["teacher_temp"])
+              if "teacher_temp" in objective_state else self.teacher_temp)
     if self.centering == "sinkhorn":
-      t_probs = sinkhorn_knopp(teacher / self.teacher_temp, self.sinkhorn_iters)
+      t_probs = sinkhorn_knopp(teacher / t_temp, self.sinkhorn_iters)
     else:
       center = jax.lax.stop_gradient(objective_state["center"])
-      t_probs = jax.nn.softmax((teacher - center) / self.teacher_temp, axis=-1)
+      t_probs = jax.nn.softmax((teacher - center) / t_temp, axis=-1)
     t_probs = t_probs.reshape((n_global, b) + t_probs.shape[1:])
 
     total, terms = 0.0, 0
@@ -149,6 +180,8 @@ class Dino:
       loss = loss + self.koleo_weight * koleo
       metrics["koleo"] = koleo
     entropy = -jnp.mean(jnp.sum(t_probs * jnp.log(t_probs + 1e-12), axis=-1))
+    if "teacher_temp" in objective_state:
+      metrics["teacher_temp"] = t_temp
     return loss, Aux(metrics={"teacher_entropy": entropy, **metrics},
                      update_inputs={"center": jnp.mean(teacher, axis=0)})
 
@@ -156,5 +189,8 @@ class Dino:
     del old_params
     m = teacher_momentum(step, self.teacher_momentum, self.total_steps)
     c = self.center_momentum
-    return {"teacher": _ema(objective_state["teacher"], new_params, m),
-            "center": _ema(objective_state["center"], update_inputs["center"], c)}
+    out = {"teacher": _ema(objective_state["teacher"], new_params, m),
+           "center": _ema(objective_state["center"], update_inputs["center"], c)}
+    if "teacher_temp" in objective_state:   # The temperature of the next step, step + 1.
+      out["teacher_temp"] = jnp.asarray(self._temp_at(step + 1), jnp.float32)
+    return out
