@@ -64,6 +64,19 @@ def test_scoring_zeroshot_picks_the_most_likely_prompt(ctx_params):
 
 
 @pytest.mark.integration
+def test_scoring_zeroshot_takes_named_lists(ctx_params):
+  """class_names="imagenet" / templates="clip7" are the shipped lists, as for `zeroshot`
+  (a string was once read as a list of its characters)."""
+  from bigvl.evaluators import class_names as cn
+  ctx, _ = ctx_params
+  ev = captioning.ScoringZeroShot(ctx, data=dict(name="shapes", split="test", task="color",
+                                                 n=8, pp="value_range(-1, 1)"),
+                                  class_names="imagenet", templates="clip7", batch_size=8)
+  assert ev.class_names == list(cn.class_names("imagenet")) and len(ev.class_names) == 1000
+  assert ev.templates == list(cn.templates("clip7"))
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_perplexity_is_exp_of_the_captioning_loss_over_all_tokens(ctx_params):
   from bigvl.objectives.captioning import caption_loss

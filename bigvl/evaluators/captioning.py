@@ -15,6 +15,7 @@ from bigvl import decoding
 from bigvl import sharding as sh
 from bigvl.data import loader, transforms
 from bigvl.evaluators import caption_metrics
+from bigvl.evaluators.class_names import as_class_names, as_templates
 from bigvl.evaluators.context import data_label, eval_batch_size, eval_pp, eval_source
 from bigvl.evaluators.images import to_rgb_uint8
 from bigvl.models.capabilities import ImageCaptioner, require
@@ -122,11 +123,14 @@ class ScoringZeroShot:
     require(ctx.model, ImageCaptioner, "scoring_zeroshot")
     self.ctx = ctx
     self.source = eval_source(data, "scoring_zeroshot")
-    self.class_names = list(class_names or getattr(self.source, "class_names", None) or [])
-    self.templates = list(templates or getattr(self.source, "templates", None) or ["{}"])
+    # A string names a shipped list ("imagenet", "clip80"), as for `zeroshot`.
+    self.class_names = list(as_class_names(class_names)
+                            or getattr(self.source, "class_names", None) or [])
+    self.templates = list(as_templates(templates)
+                          or getattr(self.source, "templates", None) or ["{}"])
     if not self.class_names:
       raise ValueError(f"scoring_zeroshot on {data_label(data)}: the source has no class_names; "
-                       "set them in the eval config.")
+                       "set them in the eval config (a list, or a list name like 'imagenet').")
     self.pp = transforms.build(eval_pp(data), tokenizer=ctx.tokenizer, text_len=ctx.text_len)
     self.batch_size = eval_batch_size(ctx, batch_size)
     model, tok = ctx.model, ctx.tokenizer
