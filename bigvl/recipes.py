@@ -17,6 +17,10 @@ from __future__ import annotations
 from bigvl.config_lib import ConfigError
 
 DATA_KINDS = ("tfds", "shards")
+# The value of a config field whose config arg the user must give before training (a path to
+# other weights or a tokenizer): the run builds and plans without it, and `bigvl.train`
+# refuses it in one line (`missing_args`) before touching the workdir.
+MISSING = "MISSING-give-the-config-arg-"
 SMOKE_STEPS = 3
 SMOKE_BATCH = 8
 
@@ -69,3 +73,28 @@ def smoke(c, *, keep_evals: bool = False) -> None:
     c.optimizer.warmup_steps = 1
   if not keep_evals:
     c.evals = {}
+
+
+def required(arg_name: str, what: str) -> str:
+  """The placeholder of a required config arg: `required("init", "MAE pretraining workdir")`
+  -> "MISSING-give-the-config-arg-init=<MAE pretraining workdir>"."""
+  return f"{MISSING}{arg_name}=<{what}>"
+
+
+def missing_args(config) -> list[str]:
+  """"config.init_from: give the config arg init=<...>" for every field still holding a
+  `required` placeholder (nested dicts, lists and tuples included)."""
+  out = []
+
+  def walk(node, path):
+    if hasattr(node, "items"):
+      for k, v in node.items():
+        walk(v, f"{path}.{k}")
+    elif isinstance(node, (list, tuple)):
+      for i, v in enumerate(node):
+        walk(v, f"{path}[{i}]")
+    elif isinstance(node, str) and MISSING in node:
+      out.append(f"{path}: give the config arg {node[node.index(MISSING) + len(MISSING):]}")
+
+  walk(config, "config")
+  return out

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bigvl import init_from, model_card, resume_check, storage, workdir_lock
+from bigvl import init_from, model_card, recipes, resume_check, storage, workdir_lock
 from bigvl import checkpoint as ckpt_lib
 from bigvl import config_lib, metrics as metrics_lib
 from bigvl import mfu as mfu_lib
@@ -70,6 +70,10 @@ class _Preemption:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last metrics."""
+  missing = recipes.missing_args(config)
+  if missing:  # Before the workdir is touched: nothing to clean up.
+    raise config_lib.ConfigError("A required config arg is not set: " + "; ".join(missing)
+                                 + " (e.g. --config FILE.py:init=PATH).")
   workdir = storage.abspath(workdir)
   ckpt_lib.check_location(workdir)
   if storage.isfile(workdir):

@@ -83,7 +83,7 @@ VISION = ("So400m/14", "B/16", "L/16")
 
 def missing(arg: str, what: str) -> str:
   """What a required path is without its arg: the run fails at its start naming the arg."""
-  return f"MISSING-give-the-config-arg-{arg}=<{what}>"
+  return recipes.required(arg, what)
 
 
 def lm(size: str) -> dict:

@@ -64,7 +64,7 @@ TEXT_LEN = 16          # LiT's released models: texts cropped to 16 tokens (mode
 VOCAB = 16_000         # vision_transformer's from-scratch LiT text towers (L16S, L16Ti).
 EMBED = 768            # The text head's width = the B/16 image tower's width.
 # What init_from says when no init= was given: training then fails at its start, naming it.
-INIT_MISSING = "MISSING-give-the-config-arg-init=<converted ViT-B/16 checkpoint>"
+INIT_MISSING = recipes.required("init", "converted ViT-B/16 checkpoint")
 
 
 def pp_train() -> str:

@@ -34,7 +34,7 @@ NUM_CLASSES = 1000
 RES = 224
 # What init_from says when no init= was given: training then fails at the start, naming the
 # arg, while the planner and the build test (which read no checkpoint) still build the run.
-INIT_MISSING = "MISSING-give-the-config-arg-init=<MAE pretraining workdir>"
+INIT_MISSING = recipes.required("init", "MAE pretraining workdir")
 
 
 def steps(epochs: float, batch: int) -> int:

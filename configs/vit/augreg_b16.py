@@ -63,7 +63,7 @@ import ml_collections
 I21K_IMAGES = 14_197_122 - 51_200   # See the `images` arg.
 I21K_CLASSES = 21_843               # big_vision's imagenet21k (timm's *_in21k heads too).
 I1K_CLASSES = 1000
-INIT_MISSING = "MISSING-give-the-config-arg-init=<the stage=i21k workdir>"
+INIT_MISSING = recipes.required("init", "the stage=i21k workdir")
 
 STAGES = {
     "i21k": dict(batch=4096, lr=1e-3, res=224),
