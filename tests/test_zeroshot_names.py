@@ -298,3 +298,14 @@ def test_retrieval_on_multi_caption_tfds(setup, coco_dir):
 
 if __name__ == "__main__":
   print(json.dumps(dict(_zeroshot_metrics(sys.argv[1]), devices=jax.device_count())))
+
+
+@pytest.mark.unit
+def test_lists_equal_open_clips():
+  """The shipped lists are open_clip's (CLIP's notebook): 1000 names in label order (998
+  distinct, as published) and the 80 OpenAI templates, in order."""
+  from bigvl.convert import testing
+  testing.import_torch_references()
+  from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+  assert cn.class_names("imagenet") == tuple(IMAGENET_CLASSNAMES)
+  assert cn.templates("clip80") == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
