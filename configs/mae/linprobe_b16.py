@@ -18,10 +18,11 @@ token's feature (--cls_token). Hardware (FINETUNE.md): 32 V100s, ~2 h 20 min for
 `enc` params are loaded (init_subtree="enc") and frozen (optimizer.frozen_pattern: all but
 `head/`). Data: TFDS imagenet2012 with labels, or `data=shards`. Arg language: mae_common.py.
 
-Deviation from the paper (bigvl lacks these): LARS (here SGD, momentum 0.9, at LARS's nominal
-lr 0.1 x batch / 256: without LARS's per-layer trust ratio this is not the same step size and
-is untested at scale; with a tiny 3-step MAE smoke encoder on synthetic images, the loss of
-this config's smoke run rose from 6.9 to 21 at its third step: expect to lower `blr=`); the
+Deviation from the paper (bigvl lacks these): LARS. Here plain SGD, momentum 0.9, with the
+base lr of DINO's linear evaluation (eval_linear.py: SGD, lr 0.001 x batch / 256, no BatchNorm
+either): 0.064 at batch 16384. LARS's nominal 0.1 x batch / 256 (`blr=0.1`, 6.4) without its
+per-layer trust ratio is a 100x larger step: with the 3-step smoke encoder the loss rose from
+6.9 to 21 in three steps. Neither lr was measured at ImageNet scale here; the
 BatchNorm (affine=False) on the features before the head; the class token (the encoder has
 none: the feature is the mean of its final-normed tokens); the head's init (MAE: truncated
 normal, std 0.01; here zeros); bicubic crops (bilinear here).

@@ -177,7 +177,7 @@ def get_finetune_config(arg=None, **defaults) -> ml_collections.ConfigDict:
 
 def get_linprobe_config(arg=None, **defaults) -> ml_collections.ConfigDict:
   """Linear probe: a frozen pretrained MAE encoder, a new linear head trained on ImageNet-1k."""
-  arg = parse_arg(arg, **dict(dict(size="B", init="", epochs=90, batch=16_384, blr=0.1,
+  arg = parse_arg(arg, **dict(dict(size="B", init="", epochs=90, batch=16_384, blr=1e-3,
                                    data="tfds", data_dir="", smoke=False), **defaults))
   size = _size(arg)
   c = ml_collections.ConfigDict()
@@ -190,8 +190,8 @@ def get_linprobe_config(arg=None, **defaults) -> ml_collections.ConfigDict:
   c.model = classifier(f"{size}/16", fc_norm=False)
   c.objective = dict(name="classification", label_smoothing=0.0)
   # Paper / main_linprobe.py: LARS, momentum 0.9, lr = 0.1 x batch / 256, no wd, 10 warmup
-  # epochs, cosine. bigvl has no LARS: SGD with momentum 0.9 at the same nominal lr (see the
-  # deviation in linprobe_b16.py). Only the head trains.
+  # epochs, cosine. bigvl has no LARS: SGD with momentum 0.9 at DINO's linear-eval base lr
+  # 1e-3 (see the deviation in linprobe_b16.py). Only the head trains.
   c.optimizer = dict(name="sgd", lr=arg.blr * arg.batch / 256, b1=0.9, weight_decay=0.0,
                      warmup_steps=steps(10, arg.batch), schedule="cosine", grad_clip=0.0,
                      frozen_pattern=r"(?!head/).*")
