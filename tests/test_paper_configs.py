@@ -98,3 +98,31 @@ def test_a_required_arg_left_out_stops_training_in_one_line(rel, arg, tmp_path):
   assert f"give the config arg {arg}=" in errors[0], errors[0]
   assert not workdir.exists()
   assert recipes.missing_args(_load(rel, "smoke")) == []  # Smoke runs need none.
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # Two short trainings (about 40 s on 2 cores).
+def test_dino_linprobe_loads_the_teacher_backbone_and_trains_only_the_head(tmp_path):
+  """configs/dino/linprobe_s16.py's init_subtree finds the teacher in a DINO run's checkpoint:
+  every backbone param loads, only the head is new, and only the head changes."""
+  import subprocess
+  import sys
+  import numpy as np
+  from bigvl import checkpoint
+  pre, lin = tmp_path / "dino", tmp_path / "linear"
+  run = lambda *a: subprocess.run([sys.executable, "-m", "bigvl.train", *a], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=600)
+  p = run("--config", "configs/dino/s16.py:smoke", "--workdir", str(pre))
+  assert p.returncode == 0, p.stderr[-2000:]
+  p = run("--config", "configs/dino/linprobe_s16.py:smoke", f"--config.init_from={pre}",
+          "--config.init_subtree=objective_state/teacher/student/backbone",
+          "--workdir", str(lin))
+  assert p.returncode == 0, p.stderr[-2000:]
+  line = next(l for l in p.stdout.splitlines() if l.startswith("Initialised params"))
+  assert ", 2 new, 0 shape-mismatched" in line and " 0 dropped" in line, line
+  teacher = checkpoint.subtree(checkpoint.load_params(str(pre), objective_state=True),
+                               "objective_state/teacher/student/backbone")
+  after = checkpoint.load_params(str(lin))
+  assert set(after) - set(teacher) == {"head/kernel", "head/bias"}
+  for k, v in teacher.items():   # Frozen: the backbone is still the teacher's.
+    np.testing.assert_array_equal(after[k], v, err_msg=k)

@@ -158,3 +158,54 @@ def smoke(c, arg) -> None:
   c.data.train.image_size = 48
   c.data.train.pp = pp_train(32, 16, min(arg.locals, 2))
   c.objective.warmup_teacher_temp_steps = 2
+
+
+# The teacher's backbone in a DINO run's checkpoint (the objective state holds the teacher,
+# a copy of the student's tree): what the linear probe loads.
+TEACHER_BACKBONE = "objective_state/teacher/student/backbone"
+INIT_MISSING = recipes.required("init", "DINO pretraining workdir")
+
+
+def get_linprobe_config(arg=None) -> ml_collections.ConfigDict:
+  """Linear evaluation of a DINO run's teacher backbone on ImageNet-1k (eval_linear.py of the
+  release: SGD momentum 0.9, lr 0.001 x batch / 256, no weight decay, cosine to 0, 100
+  epochs, batch 1024, RandomResizedCrop + flip; a linear layer on frozen features)."""
+  arg = parse_arg(arg, size="S", init="", epochs=100, batch=1024, blr=1e-3, data="tfds",
+                  data_dir="", smoke=False)
+  if arg.size not in ("S", "B"):
+    raise recipes.ConfigError(f"Config arg size={arg.size!r}; valid: S, B.")
+  variant = f"{arg.size}/16"
+  epoch = steps_per_epoch(arg.batch)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = arg.batch
+  c.total_steps = int(arg.epochs * epoch)
+  c.log_every = 100
+  c.eval_every = 10 * epoch
+  c.checkpoint_every = 5_000
+  c.init_from = arg.init or INIT_MISSING
+  c.init_subtree = TEACHER_BACKBONE
+  pp = f"inception_crop({GLOBAL})|flip_lr|normalize('imagenet')|keep('image', 'label')"
+  c.data = dict(
+      train=recipes.source(arg, tfds="imagenet2012", split="train", pp=pp),
+      stand_in=recipes.stand_in(image_size=256, num_classes=1000),
+      workers=8,
+  )
+  # The backbone as the release builds it, its final-normed class token into a new head.
+  c.model = dict(name="vit", variant=variant, pool="cls", cls_posemb=True, posemb="learn",
+                 num_classes=1000, attention_impl="auto", dtype="bfloat16")
+  c.objective = dict(name="classification")
+  c.optimizer = dict(name="sgd", lr=arg.blr * arg.batch / 256, b1=0.9, weight_decay=0.0,
+                     warmup_steps=0, schedule="cosine", grad_clip=0.0,
+                     frozen_pattern=r"(?!head/).*")   # Only the linear layer trains.
+  c.sharding = dict(mesh=dict(data=-1, fsdp=1, tensor=1), rules="dp")
+  c = ml_collections.ConfigDict(c)
+  if arg.smoke:
+    recipes.smoke(c)
+    c.init_from = ""
+    c.init_subtree = ""
+    c.model.update(variant="mu/8", attention_impl="xla", dtype="float32")
+    c.data.stand_in.image_size = 48
+    c.data.train.image_size = 48
+    c.data.train.pp = c.data.train.pp.replace(f"inception_crop({GLOBAL})", "inception_crop(32)")
+  return c
