@@ -43,6 +43,27 @@ def source(arg, *, tfds: str, split: str, pp: str | None = None, **tfds_options)
   return out
 
 
+def image_text_data(arg, *, pp: str, image_size: int, vocab_size: int, text_len: int,
+                    corpus: str, tokenizer: str | None = None, workers: int = 8,
+                    **tfds_options) -> dict:
+  """`config.data` of an image-text pretraining run: the train source of `arg.data` (shards
+  by default; data=tfds needs `arg.tfds`, a TFDS dataset with images and captions), its
+  stand-in, the tokenizer (`arg.tokenizer` unless given) and the text settings. `corpus`
+  names the paper's data in the error (e.g. "WebLI")."""
+  if arg.data == "tfds" and not arg.tfds:
+    raise ConfigError(f"Config arg data=tfds needs tfds=<a TFDS dataset with images and "
+                      f"captions> (and its text_key); {corpus} is not in TFDS: use "
+                      "data=shards,data_dir=<tools/make_dataset.py output>.")
+  return dict(
+      train=source(arg, tfds=arg.tfds, split="train", pp=pp, **tfds_options),
+      stand_in=stand_in(image_size=image_size),
+      tokenizer=arg.tokenizer if tokenizer is None else tokenizer,
+      vocab_size=vocab_size,
+      text_len=text_len,
+      workers=workers,
+  )
+
+
 def stand_in(*, image_size: int, num_classes: int = 1000, size: int = 256) -> dict:
   """A synthetic source with the fields of an image-label or image-text dataset."""
   return dict(name="synthetic", split="train", size=size, image_size=image_size,

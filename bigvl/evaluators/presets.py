@@ -70,3 +70,12 @@ def flickr30k_retrieval(pp: str, *, data_dir: str = "", split: str = "test",
   if data is None:
     data = dict(name="shards", data_dir=data_dir, split=split)
   return _entry("retrieval", data, pp, options)
+
+
+def image_text_evals(pp: str, data_dir: str | None, **options) -> dict:
+  """`config.evals` of an image-text pretraining run: ImageNet zero-shot (CLIP's names and
+  80 templates) and COCO retrieval, both from TFDS under `data_dir`; {} without one."""
+  if not data_dir:
+    return {}
+  return dict(imagenet=imagenet_zeroshot(pp, data_dir=data_dir, **options),
+              coco=coco_retrieval(pp, data_dir=data_dir, **options))

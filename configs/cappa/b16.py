@@ -88,17 +88,9 @@ def get_config(arg=None):
   c.checkpoint_every = 2_000
   c.keep_every = 50_000
 
-  if arg.data == "tfds" and not arg.tfds:
-    raise recipes.ConfigError("CapPa data=tfds needs tfds=<dataset with images and captions>; "
-                              "WebLI is not in TFDS: use data=shards.")
-  c.data = dict(
-      train=recipes.source(arg, tfds=arg.tfds, split="train", pp=pp_train(arg.res)),
-      stand_in=recipes.stand_in(image_size=arg.res),
-      tokenizer=arg.tokenizer,
-      vocab_size=VOCAB,
-      text_len=TEXT_LEN,
-      workers=8,
-  )
+  c.data = recipes.image_text_data(arg, pp=pp_train(arg.res), image_size=arg.res,
+                                   vocab_size=VOCAB, text_len=TEXT_LEN,
+                                   corpus="WebLI")
   c.model = model()
   c.model.image.update(remat="full", scan_layers=True, attention_impl="auto")
   c.model.decoder.update(remat="full", attention_impl="auto")

@@ -116,17 +116,9 @@ def get_config(variant: str, arg=None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 2_000
   c.keep_every = 50_000
 
-  if arg.data == "tfds" and not arg.tfds:
-    raise recipes.ConfigError("CLIP data=tfds needs tfds=<dataset with images and captions> "
-                              "(and its text_key); LAION-2B is not in TFDS: use data=shards.")
-  c.data = dict(
-      train=recipes.source(arg, tfds=arg.tfds, split="train", pp=pp_train(run["norm"])),
-      stand_in=recipes.stand_in(image_size=RES),
-      tokenizer=arg.tokenizer,
-      vocab_size=VOCAB,
-      text_len=TEXT_LEN,
-      workers=8,
-  )
+  c.data = recipes.image_text_data(arg, pp=pp_train(run["norm"]), image_size=RES,
+                                   vocab_size=VOCAB, text_len=TEXT_LEN,
+                                   corpus="LAION-2B")
   c.model = model(variant)
   c.model.update(dtype="bfloat16")
   for tower in ("image", "text"):
@@ -139,12 +131,7 @@ def get_config(variant: str, arg=None) -> ml_collections.ConfigDict:
   # The state sharded over every device (FSDP): the batch still splits over all of them.
   c.sharding = dict(mesh=dict(data=1, fsdp=-1, tensor=1), rules="fsdp")
 
-  c.evals = {}
-  if arg.eval_dir:
-    c.evals = dict(
-        imagenet=eval_presets.imagenet_zeroshot(pp_eval(run["norm"]), data_dir=arg.eval_dir),
-        coco=eval_presets.coco_retrieval(pp_eval(run["norm"]), data_dir=arg.eval_dir),
-    )
+  c.evals = eval_presets.image_text_evals(pp_eval(run["norm"]), arg.eval_dir)
   c = ml_collections.ConfigDict(c)
   if arg.smoke:
     smoke(c)

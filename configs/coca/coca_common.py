@@ -87,17 +87,9 @@ def get_config(size: str, arg=None, **defaults) -> ml_collections.ConfigDict:
   c.checkpoint_every = 2_000
   c.keep_every = 50_000
 
-  if arg.data == "tfds" and not arg.tfds:
-    raise recipes.ConfigError("CoCa data=tfds needs tfds=<dataset with images and captions>; "
-                              "JFT-3B and ALIGN are not in TFDS: use data=shards.")
-  c.data = dict(
-      train=recipes.source(arg, tfds=arg.tfds, split="train", pp=pp_train(arg.res)),
-      stand_in=recipes.stand_in(image_size=arg.res),
-      tokenizer=arg.tokenizer,
-      vocab_size=VOCAB,
-      text_len=TEXT_LEN,
-      workers=8,
-  )
+  c.data = recipes.image_text_data(arg, pp=pp_train(arg.res), image_size=arg.res,
+                                   vocab_size=VOCAB, text_len=TEXT_LEN,
+                                   corpus="JFT-3B + ALIGN")
   c.model = model(size, res=arg.res)
   # Both towers recompute their activations in the backward pass; the image tower is scanned
   # (bigvl's TextDecoder has no scan option).

@@ -119,20 +119,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 2_000 if not tune else 500
   c.keep_every = 50_000
 
-  if arg.data == "tfds" and not arg.tfds:
-    raise recipes.ConfigError("FLIP data=tfds needs tfds=<dataset with images and captions>; "
-                              "LAION-400M is not in TFDS: use data=shards.")
   tokenizer = arg.tokenizer
   if tune and not tokenizer and arg.init:
     tokenizer = os.path.join(arg.init, "tokenizer.model")  # The pretraining's token ids.
-  c.data = dict(
-      train=recipes.source(arg, tfds=arg.tfds, split="train", pp=pp_train()),
-      stand_in=recipes.stand_in(image_size=RES),
-      tokenizer=tokenizer,
-      vocab_size=VOCAB,
-      text_len=TEXT_LEN,
-      workers=8,
-  )
+  c.data = recipes.image_text_data(arg, pp=pp_train(), image_size=RES, vocab_size=VOCAB,
+                                   text_len=TEXT_LEN, corpus="LAION-400M", tokenizer=tokenizer)
   c.model = model()
   c.model.update(dtype="bfloat16")
   for tower in ("image", "text"):
@@ -141,16 +132,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.optimizer = dict(name="adamw", lr=phase["base_lr"] * arg.batch / 256, schedule="cosine",
                      warmup_steps=phase["warmup_epochs"] * steps_per_epoch, b1=0.9, b2=0.95,
                      weight_decay=0.2, wd_pattern=WD_PATTERN, grad_clip=0.0)
-  if tune:
-    c.init_from = arg.init
+  if tune:   # The unmasked tuning starts from the masked pretraining's weights.
+    c.init_from = arg.init or recipes.required("init", "the phase=pretrain workdir")
   c.sharding = dict(mesh=dict(data=1, fsdp=-1, tensor=1), rules="fsdp")
 
-  c.evals = {}
-  if arg.eval_dir:
-    c.evals = dict(
-        imagenet=eval_presets.imagenet_zeroshot(pp_eval(), data_dir=arg.eval_dir),
-        coco=eval_presets.coco_retrieval(pp_eval(), data_dir=arg.eval_dir),
-    )
+  c.evals = eval_presets.image_text_evals(pp_eval(), arg.eval_dir)
   c = ml_collections.ConfigDict(c)
   if arg.smoke:
     smoke(c)

@@ -103,18 +103,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.eval_every = 5_000
   c.checkpoint_every = 1_000
 
-  if arg.data == "tfds" and not arg.tfds:
-    raise recipes.ConfigError("LiT data=tfds needs tfds=<dataset with images and captions>, "
-                              "e.g. tfds=coco_captions; CC12M and YFCC100m: use data=shards.")
   tfds_options = dict(text_key="captions/text") if arg.tfds == "coco_captions" else {}
-  c.data = dict(
-      train=recipes.source(arg, tfds=arg.tfds, split="train", pp=pp_train(), **tfds_options),
-      stand_in=recipes.stand_in(image_size=RES),
-      tokenizer=arg.tokenizer,
-      vocab_size=VOCAB,
-      text_len=TEXT_LEN,
-      workers=8,
-  )
+  c.data = recipes.image_text_data(arg, pp=pp_train(), image_size=RES,
+                                   vocab_size=VOCAB, text_len=TEXT_LEN,
+                                   corpus="CC12M / YFCC100m", **tfds_options)
   c.model = model()
   c.model.update(dtype="bfloat16")
   for tower in ("image", "text"):
@@ -130,12 +122,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                      grad_clip=1.0, frozen_pattern="img/.*")
   c.sharding = dict(mesh=dict(data=1, fsdp=-1, tensor=1), rules="fsdp")
 
-  c.evals = {}
-  if arg.eval_dir:
-    c.evals = dict(
-        imagenet=eval_presets.imagenet_zeroshot(pp_eval(), data_dir=arg.eval_dir),
-        coco=eval_presets.coco_retrieval(pp_eval(), data_dir=arg.eval_dir),
-    )
+  c.evals = eval_presets.image_text_evals(pp_eval(), arg.eval_dir)
   c = ml_collections.ConfigDict(c)
   if arg.smoke:
     smoke(c)

@@ -57,17 +57,9 @@ def get_config(variant: str, arg=None, **defaults) -> ml_collections.ConfigDict:
   c.checkpoint_every = 2_000
   c.keep_every = 50_000
 
-  if arg.data == "tfds" and not arg.tfds:
-    raise recipes.ConfigError("SigLIP data=tfds needs tfds=<dataset with images and captions> "
-                              "(and its text_key); WebLI is not in TFDS: use data=shards.")
-  c.data = dict(
-      train=recipes.source(arg, tfds=arg.tfds, split="train", pp=pp_train(arg.res)),
-      stand_in=recipes.stand_in(image_size=arg.res),
-      tokenizer=arg.tokenizer,
-      vocab_size=VOCAB,
-      text_len=TEXT_LEN,
-      workers=8,
-  )
+  c.data = recipes.image_text_data(arg, pp=pp_train(arg.res), image_size=arg.res,
+                                   vocab_size=VOCAB, text_len=TEXT_LEN,
+                                   corpus="WebLI")
   c.model = presets.siglip(variant)
   c.model.update(dtype="bfloat16")
   for tower in ("image", "text"):
@@ -81,12 +73,7 @@ def get_config(variant: str, arg=None, **defaults) -> ml_collections.ConfigDict:
   # The state sharded over every device (FSDP): the batch still splits over all of them.
   c.sharding = dict(mesh=dict(data=1, fsdp=-1, tensor=1), rules="fsdp")
 
-  c.evals = {}
-  if arg.eval_dir:
-    c.evals = dict(
-        imagenet=eval_presets.imagenet_zeroshot(pp_eval(arg.res), data_dir=arg.eval_dir),
-        coco=eval_presets.coco_retrieval(pp_eval(arg.res), data_dir=arg.eval_dir),
-    )
+  c.evals = eval_presets.image_text_evals(pp_eval(arg.res), arg.eval_dir)
   c = ml_collections.ConfigDict(c)
   if arg.smoke:
     smoke(c)
