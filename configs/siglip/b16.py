@@ -1,7 +1,7 @@
 """SigLIP B/16 (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training").
 
 Reproduces: the released SigLIP B/16 checkpoints' ImageNet-1k zero-shot top-1, 76.2% at 224px
-and 76.7% at 256px (big_vision's SigLIP colab; arXiv 2303.15343 v4, Table 3 / appendix).
+and 76.7% at 256px (the released checkpoints' table in big_vision's SigLIP colab).
 Paper hardware: TPU v4 (the released models' cards: 16 chips, 3 days). Batch 32k, the sigmoid
 loss, WebLI English pairs, 64-token texts. Steps: `samples=` examples seen / batch; the default
 40e9 (1.22M steps at 32k) is the long schedule, so set `samples=` to the length you compare

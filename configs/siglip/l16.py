@@ -1,8 +1,9 @@
 """SigLIP L/16 (Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training").
 
 Reproduces: the released SigLIP L/16 checkpoints' ImageNet-1k zero-shot top-1, 80.5% at 256px
-and 82.1% at 384px (big_vision's SigLIP colab; arXiv 2303.15343 v4). Paper hardware: TPU v4;
-batch 32k, WebLI English pairs, 64-token texts; steps from `samples=` as in b16.py.
+and 82.1% at 384px (the released checkpoints' table in big_vision's SigLIP colab). Paper
+hardware: TPU v4; batch 32k, WebLI English pairs, 64-token texts; steps from `samples=` as in
+b16.py.
 
     python -m bigvl.train --config configs/siglip/l16.py:res=384,data_dir=gs://bucket/webli \
         --workdir gs://bucket/siglip_l16_384 --distributed
