@@ -153,7 +153,7 @@ class Plan:
     state = self.state_bytes["total"]
     fsdp = int(self.mesh.get("fsdp", 1))
     n = self.hardware.devices
-    if fsdp == 1 and n > 1:
+    if fsdp == 1 and n > 1 and state > 0.1 * mem:  # Sharding a small state saves nothing.
       k = n  # Over all devices: the batch stays split over them all (data x fsdp).
       out.append(f"shard the train state over devices: --config.sharding.rules=fsdp "
                  f"--config.sharding.mesh.fsdp={k} --config.sharding.mesh.data=-1 (state "

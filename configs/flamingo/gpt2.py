@@ -116,6 +116,9 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = arg.batch
+  # 32 sequences per H100 need ~140 GiB of activations (python -m bigvl.plan: the frozen LM
+  # is not rematerialised): four micro-batches of 8 per device.
+  c.grad_accum_steps = 4
   c.total_steps = max(int(arg.samples) // arg.batch, 1)
   c.log_every = 100
   c.eval_every = 0

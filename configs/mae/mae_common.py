@@ -192,6 +192,9 @@ def get_linprobe_config(arg=None, **defaults) -> ml_collections.ConfigDict:
   # Paper / main_linprobe.py: LARS, momentum 0.9, lr = 0.1 x batch / 256, no wd, 10 warmup
   # epochs, cosine. bigvl has no LARS: SGD with momentum 0.9 at DINO's linear-eval base lr
   # 1e-3 (see the deviation in linprobe_b16.py). Only the head trains.
+  # 1,024 images per device on v4-32: the step's activations need two micro-batches to fit
+  # 32 GiB (python -m bigvl.plan); the averaged gradient is the same.
+  c.grad_accum_steps = 2
   c.optimizer = dict(name="sgd", lr=arg.blr * arg.batch / 256, b1=0.9, weight_decay=0.0,
                      warmup_steps=steps(10, arg.batch), schedule="cosine", grad_clip=0.0,
                      frozen_pattern=r"(?!head/).*")
