@@ -34,6 +34,7 @@ def _compiled(proc) -> tuple[float, str]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Two starts of the demo (about 35 s).
 def test_second_start_loads_the_train_step_from_the_cache(tmp_path):
   # Two workdirs side by side: the default cache is their parent's, shared by both.
   first = run_bigvl(_args(tmp_path / "a"), check=True)

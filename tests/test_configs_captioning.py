@@ -35,7 +35,6 @@ import transformers  # noqa: E402
 from bigvl import config_lib, models  # noqa: E402
 from bigvl.convert import common  # noqa: E402
 
-pytestmark = pytest.mark.unit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,6 +137,7 @@ def open_clip_coca_cfg(model_cfg, image_size: int) -> dict:
   )
 
 
+@pytest.mark.unit
 def test_open_clip_coca_b32_file_has_the_layout_we_build():
   # The configs we build follow open_clip's own CoCa files (keys and switches).
   ref = open_clip.get_model_config("coca_ViT-B-32")
@@ -148,6 +148,7 @@ def test_open_clip_coca_b32_file_has_the_layout_we_build():
   assert ref["vision_cfg"]["attentional_pool"] and ref["text_cfg"]["embed_cls"]
 
 
+@pytest.mark.unit
 def test_coca_base_param_count_vs_open_clip():
   cfg = _load("configs/coca/base.py").model
   res, text_len = 288, cfg.decoder.max_len
@@ -203,6 +204,7 @@ def test_coca_base_param_count_vs_open_clip():
   assert (total_ours, total_ref) == (391_754_753, 443_283_457)
 
 
+@pytest.mark.unit
 def test_coca_base_towers_round_to_the_paper_table_1():
   cfg = _load("configs/coca/base.py").model
   ours = _bigvl_params(cfg, 288, cfg.decoder.max_len)
@@ -235,6 +237,7 @@ class _TorchCaptionDecoder(torch.nn.Module):
     self.head = torch.nn.Linear(width, vocab)
 
 
+@pytest.mark.unit
 def test_cappa_b16_encoder_param_count_vs_hf_vit():
   cfg = _load("configs/cappa/b16.py").model
   ours = _bigvl_params(cfg, 224, cfg.decoder.max_len)
@@ -251,6 +254,7 @@ def test_cappa_b16_encoder_param_count_vs_hf_vit():
   assert encoder == sum(ref.values()) - 2 * width == 85_797_120
 
 
+@pytest.mark.unit
 def test_cappa_b16_decoder_param_count_vs_torch_modules():
   cfg = _load("configs/cappa/b16.py").model
   dec = cfg.decoder
@@ -272,6 +276,8 @@ def test_cappa_b16_decoder_param_count_vs_torch_modules():
 # ------------------------------------------------------------- the decoder's remat option
 
 
+@pytest.mark.integration
+@pytest.mark.slow  # A CoCa and a captioner differentiated twice each: about a minute.
 @pytest.mark.parametrize("name", ["coca", "captioner"])
 def test_decoder_remat_gives_the_same_loss_and_grads(name):
   """The paper configs recompute the decoder's activations (decoder.remat="full"): same param

@@ -230,6 +230,7 @@ def _demo_specs():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Every demo config traced (about 20 s).
 def test_every_demo_config_is_counted(tmp_path):
   from bigvl import run as run_lib
   lines = []

@@ -181,6 +181,7 @@ def test_gpt2_124m_matches_hf(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # About 20 s.
 def test_converted_gpt2_starts_a_flamingo_lm_with_hf_logits(tiny_hf_dir, tmp_path):
   """Bringing a real LM: the converted directory is an init source (`init_from` +
   `init_into="lm"`), and at init (gates 0) the Flamingo's logits are GPT-2's."""

@@ -163,6 +163,7 @@ def test_siglip_demo_sends_uint8_images_a_quarter_of_the_bytes(monkeypatch):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Two demo trainings (about 40 s): the default suite stays under 10 minutes.
 def test_siglip_demo_losses_equal_the_float32_transfer_path():
   """(b) 5 train steps, same seed: losses within 1e-6."""
   losses = {}

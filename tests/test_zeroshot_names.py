@@ -183,6 +183,7 @@ def test_zeroshot_imagenet_clip80_matches_numpy(setup):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # A 4-device subprocess embedding 8,000 prompts: about 20 s.
 def test_zeroshot_names_same_numbers_on_1_and_4_devices():
   one = _zeroshot_metrics("clip7")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
