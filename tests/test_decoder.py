@@ -53,6 +53,7 @@ def test_kv_cache_logits_equal_full_forward_at_every_position(make):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_greedy_logprob_is_the_teacher_forced_logprob_and_beam1_is_greedy():
   model = _captioner()
   image, text = _inputs(4)

@@ -79,6 +79,7 @@ def test_teacher_starts_as_the_student_lives_outside_params_and_gets_no_gradient
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_teacher_ema_and_centre_match_numpy():
   model, objective, batch = _setup(total_steps=100, teacher_momentum=0.9,
                                    center_momentum=0.8)
@@ -214,6 +215,7 @@ def test_koleo_matches_numpy():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_sinkhorn_and_koleo_options_enter_the_loss():
   model, objective, batch = _setup()
   tx, _ = _optimizer(objective)

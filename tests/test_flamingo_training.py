@@ -49,6 +49,7 @@ def _np(tree):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_stage_two_moves_only_the_bridges_and_allocates_only_their_moments():
   model, objective, tx, schedule, state, batch, _ = _setup()
   before = _np(state.params)

@@ -44,6 +44,7 @@ def _setup():
   return model, params, tok, ev
 
 
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_scores_equal_the_query_chunk_log_likelihood_of_a_direct_forward():
   model, params, tok, ev = _setup()
   k, i = 2, 3

@@ -31,7 +31,8 @@ def test_each_epoch_is_a_new_permutation_of_the_whole_source():
 
 @pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.unit),
                                      # Worker processes: ~20 s.
-                                     pytest.param(2, marks=pytest.mark.integration)])
+                                     pytest.param(2, marks=[pytest.mark.integration,
+                                                            pytest.mark.slow])])
 def test_restored_iterator_state_gives_the_following_batches(tmp_path, workers):
   """Acceptance: batches 101-200 after restoring a checkpoint taken at batch 100 equal those
   of an uninterrupted loader (one process; two processes below)."""

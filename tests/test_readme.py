@@ -308,6 +308,7 @@ def test_readme_config_arg_builds(played, spec):
   assert (config.total_steps, config.batch_size) == (200, 32)
 
 
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_readme_example_config_trains(tmp_path):
   code = re.search(r"```python\n(# configs/my_clip.py\n.*?)```", README, re.S).group(1)
   path = tmp_path / "my_clip.py"

@@ -191,6 +191,7 @@ _FORK_IMPORTS = textwrap.dedent('''
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_every_bigvl_module_imports_on_its_own():
   """Each module imported first thing in a fresh bigvl (no import circle makes one fail)."""
   modules = _bigvl_modules()

@@ -11,6 +11,7 @@ from bigvl.data import digits, loader, tokenizer as tok_lib
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # Over 10 s on 2 cores: the default suite stays under 10 minutes.
 def test_train_step_reduces_loss_on_fixed_batch(demo_config):
   config = demo_config(**{"optimizer.warmup_steps": 0})
   tok = tok_lib.train(digits.Digits("train").texts(), config.data.vocab_size)
