@@ -43,6 +43,16 @@ def source(arg, *, tfds: str, split: str, pp: str | None = None, **tfds_options)
   return out
 
 
+def pp_resized(res: int) -> str:
+  """Encoded image -> the whole image resized to res x res, in [-1, 1] (no crop, no flip)."""
+  return f"decode|resize({res})|value_range(-1, 1)"
+
+
+def pp_resized_caption(res: int) -> str:
+  """`pp_resized`, plus one of the record's captions tokenized: an image-text train batch."""
+  return pp_resized(res) + "|choose_text|tokenize|keep('image', 'text')"
+
+
 def image_text_data(arg, *, pp: str, image_size: int, vocab_size: int, text_len: int,
                     corpus: str, tokenizer: str | None = None, workers: int = 8,
                     **tfds_options) -> dict:

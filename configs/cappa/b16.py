@@ -58,12 +58,11 @@ DECODER_LAYERS = 6     # The reference config's decoder_num_layers (width/MLP/he
 
 def pp_train(res: int) -> str:
   """The whole image resized to res x res, as big_vision's CapPa config trains."""
-  return (f"decode|resize({res})|value_range(-1, 1)|choose_text|tokenize|"
-          "keep('image', 'text')")
+  return recipes.pp_resized_caption(res)
 
 
 def pp_eval(res: int) -> str:
-  return f"decode|resize({res})|value_range(-1, 1)"
+  return recipes.pp_resized(res)
 
 
 def model() -> dict:

@@ -58,12 +58,11 @@ def model(size: str, *, res: int) -> dict:
 
 def pp_train(res: int) -> str:
   """The whole image resized to res x res (the paper names no augmentation)."""
-  return (f"decode|resize({res})|value_range(-1, 1)|choose_text|tokenize|"
-          "keep('image', 'text')")
+  return recipes.pp_resized_caption(res)
 
 
 def pp_eval(res: int) -> str:
-  return f"decode|resize({res})|value_range(-1, 1)"
+  return recipes.pp_resized(res)
 
 
 def arg_defaults(**overrides) -> dict:

@@ -30,12 +30,11 @@ VOCAB = 32_000         # big_vision's English sentencepiece (c4_en).
 
 def pp_train(res: int) -> str:
   """The whole image resized to res x res (no crop, no flip), as big_vision trains SigLIP."""
-  return (f"decode|resize({res})|value_range(-1, 1)|choose_text|tokenize|"
-          "keep('image', 'text')")
+  return recipes.pp_resized_caption(res)
 
 
 def pp_eval(res: int) -> str:
-  return f"decode|resize({res})|value_range(-1, 1)"
+  return recipes.pp_resized(res)
 
 
 def arg_defaults(**overrides) -> dict:
