@@ -142,7 +142,11 @@ class Checkpointer:
     been committed, its files' checksums (checkpoint_checksums.py)."""
     self.raise_failed_save()
     if self._saving is not None and not self.manager.is_saving_in_progress():
-      self._write_checksums()
+      # The save's threads are done: joining them is instant, and it is the only place
+      # orbax reports a failed write. Its finalize thread takes the writer's error off the
+      # checkpointer (check_for_errors then sees nothing), so without this join a failed
+      # save surfaced only at the next save, one checkpoint interval late.
+      self.wait()
 
   def _write_checksums(self) -> None:
     step, self._saving = self._saving, None
@@ -267,7 +271,9 @@ class Checkpointer:
       good = self.manager.latest_step()
     except Exception:
       good = None
-    return (f"A checkpoint save failed ({describe_failure(e)}); the run stops here. The "
+    which = f"of step {self._saving} " if self._saving is not None else ""
+    self._saving = None  # Reported: a later wait() must not write checksums for it.
+    return (f"A checkpoint save {which}failed ({describe_failure(e)}); the run stops here. The "
             f"last good checkpoint is step {good} in {self.directory}. Fix the cause (space, "
             "permissions) and run the same command to resume from it.")
 

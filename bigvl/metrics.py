@@ -212,8 +212,19 @@ def _to_json(v):
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """The rows of a metrics.jsonl (a path or a URL)."""
-  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+  """The rows of a metrics.jsonl (a path or a URL). A last line torn by a crash or a full
+  disk mid-write (no newline, not JSON) is left out; a bad line elsewhere is an error."""
+  text = storage.read_text(path)
+  lines = [line for line in text.splitlines() if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1 and not text.endswith("\n"):
+        break
+      raise ValueError(f"{path}: line {i + 1} is not JSON ({e}); the file is damaged") from e
+  return rows
 
 
 def format_duration(seconds: float) -> str:

@@ -148,7 +148,12 @@ def test_two_processes_share_a_gcs_workdir(tmp_path, gcs_server):
   np.testing.assert_allclose(ours, theirs, rtol=1e-5)
   a, b = checkpoint.load_params(workdir), checkpoint.load_params(str(local))
   assert a.keys() == b.keys()
-  for k in a:
+  # An attention key bias adds q.b to every logit of a query's row, which softmax cancels:
+  # its gradient is zero in exact arithmetic, so its value is rounding noise that Adam scales
+  # up, and 2 processes sum in another order than 1 (seen: 2e-6 against 1e-7). Not compared.
+  compared = [k for k in a if not k.endswith("key/bias")]
+  assert len(compared) > len(a) // 2, sorted(a)
+  for k in compared:
     np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
