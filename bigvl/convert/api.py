@@ -1,7 +1,8 @@
-"""Whole conversions, directory to directory: HF / open_clip -> bigvl, and bigvl -> HF.
+"""Whole conversions, file or directory to directory: HF / open_clip / big_vision -> bigvl, and
+bigvl -> HF / big_vision.
 
 Each reads everything, converts and checks in memory, and only then writes its output
-through `bigvl_io.atomic_dir`: a failed conversion leaves no output directory behind.
+through `bigvl_io.atomic_dir` (`atomic_file`): a failed conversion leaves no output behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from bigvl import storage
-from bigvl.convert import bigvl_io, common, hf_clip, hf_gpt2, hf_siglip, hf_vit, torch_io
+from bigvl.convert import big_vision, bigvl_io, common, hf_clip, hf_gpt2, hf_siglip, hf_vit
+from bigvl.convert import torch_io
 from bigvl.convert import open_clip as open_clip_format
 
 Progress = Callable[[str], None]
@@ -75,6 +77,7 @@ def from_hf(hf_dir: str, out_dir: str, *, model_config: Mapping[str, Any] | None
     ConversionError naming the first tensor that does not fit the model config.
   """
   bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  big_vision.refuse_npz(hf_dir, "hf")
   family, hf_cfg = read_hf_config(hf_dir)
   weights = torch_io.find_hf_weights(hf_dir)
   progress(f"reading {weights}")
@@ -106,6 +109,7 @@ def from_open_clip(checkpoint: str, out_dir: str, *, model_name: str | None = No
     The absolute path of `out_dir`.
   """
   bigvl_io.check_new_dir(os.path.abspath(out_dir))
+  big_vision.refuse_npz(checkpoint, "open_clip")
   if (model_name is None) == (open_clip_config is None):
     raise ValueError("Give exactly one of model_name (e.g. 'ViT-B-32') and open_clip_config.")
   if model_name is not None:
@@ -125,6 +129,66 @@ def from_open_clip(checkpoint: str, out_dir: str, *, model_name: str | None = No
   progress(f"converting {len(state)} open_clip tensors into a bigvl {cfg['name']} model")
   params = _convert(open_clip_format, state, cfg, meta)
   return bigvl_io.save_converted(out_dir, cfg, params, meta, progress)
+
+
+def from_big_vision_npz(checkpoint: str, out_dir: str, *, model_config: Mapping[str, Any],
+                        image_size: int | None = None, progress: Progress = print) -> str:
+  """Converts a big_vision `.npz` checkpoint (SigLIP, LiT, ViT) into a bigvl checkpoint.
+
+  Args:
+    checkpoint: the .npz file; "file.npz:img" converts the image tower of a two-tower file
+      (into a `vit` model config), as big_vision's own loader reads it.
+    out_dir: the bigvl checkpoint to create (must not exist).
+    model_config: the bigvl model config of the checkpoint's shapes (the file has none);
+      see `big_vision.check_model_config` for the options big_vision fixes.
+    image_size: the input side; default from the learned position table (required with
+      sincos2d position embeddings, which have none).
+  Returns:
+    The absolute path of `out_dir`; meta.json normalises images to [-1, 1], as big_vision.
+  """
+  bigvl_io.check_new_dir(storage.abspath(out_dir))
+  path, key = big_vision.split_key(checkpoint)
+  progress(f"reading {path}")
+  state = big_vision.read_npz(path)
+  cfg = dict(model_config)
+  progress(f"converting {len(state)} {big_vision.NAME} tensors into a bigvl {cfg['name']} model")
+  params, meta = big_vision.convert(state, cfg, key=key, image_size=image_size)
+  if "channels" in meta and not meta["image_size"]:
+    raise common.ConversionError(f"{checkpoint} has no learned position table to tell the image "
+                                 "size from: give image_size (--image_size).")
+  channels = meta.get("channels", 3)
+  meta.update(image_mean=[0.5] * channels, image_std=[0.5] * channels,
+              source=storage.abspath(path) + (f":{key}" if key else ""), format=big_vision.NAME)
+  meta = {k: v for k, v in meta.items() if v is not None}
+  return bigvl_io.save_converted(out_dir, cfg, params, meta, progress)
+
+
+def to_big_vision_npz(bigvl_dir: str, out_path: str, *, scanned: bool = False,
+                      prefix: bool = True, progress: Progress = print) -> str:
+  """Writes a converted (or trained) bigvl vit / text / two_towers checkpoint as a big_vision
+  `.npz` (what big_vision's `utils.load_params` and model `load` functions read).
+
+  Args:
+    bigvl_dir: a directory `load_converted` reads.
+    out_path: the .npz file to create (must not exist).
+    scanned: stack the encoder blocks as big_vision models with `scan=True` keep them.
+    prefix: name the arrays `params/...` (big_vision's training checkpoints) or not.
+  Returns:
+    The absolute path of `out_path`.
+  """
+  if not out_path.endswith(".npz"):
+    raise common.ConversionError(f"Output {out_path} does not end in .npz; big_vision tells "
+                                 ".npz checkpoints by their name. Name it e.g. model.npz.")
+  bigvl_io.check_new_file(out_path)
+  progress(f"reading {bigvl_dir}")
+  _, params = bigvl_io.load_converted(bigvl_dir)
+  model_cfg = json.loads(storage.read_text(storage.join(bigvl_dir, bigvl_io.CONFIG_FILE)))
+  state = big_vision.to_big_vision(params, model_cfg, scanned=scanned, prefix=prefix)
+  with bigvl_io.atomic_file(out_path) as tmp:
+    progress(f"writing {len(state)} arrays to {storage.abspath(out_path)}")
+    with open(tmp, "wb") as f:  # A file object: np.savez would append .npz to a name.
+      np.savez(f, **state)
+  return storage.abspath(out_path)
 
 
 def _export_family(model_cfg: Mapping[str, Any], family: str | None):

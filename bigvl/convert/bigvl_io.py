@@ -5,6 +5,7 @@ Layout of `<out>/`:
   config.json  the bigvl model config: `bigvl.models.build(json.load(...))` builds the model.
   meta.json    what the model config cannot say: input image size and channels, text length,
                image normalisation, and where the weights came from.
+Single-file outputs (a big_vision .npz) are written atomically too (`atomic_file`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -121,6 +123,46 @@ def atomic_dir(out_dir: str):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+  """Yields a temporary local file path; when the block completes, its content becomes `path`.
+
+  `path` must not exist, before or after the block (nothing is overwritten); a failure (or a
+  kill) leaves no `path`. Locally the file is published with a hard link, which fails rather
+  than replace a file created meanwhile; in an object store it is uploaded as one object.
+  """
+  check_new_file(path)
+  remote = storage.is_remote(path)
+  parent = tempfile.gettempdir() if remote else os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  # Not mkstemp: its file is private (0600); this one gets the usual permissions (umask).
+  name = f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+  tmp = os.path.join(parent, name)
+  open(tmp, "xb").close()
+  try:
+    yield tmp
+    check_new_file(path)
+    if remote:
+      storage.copy_file(tmp, path)
+    else:
+      try:
+        os.link(tmp, os.path.abspath(path))
+      except FileExistsError:
+        check_new_file(path)  # Raises, with the message.
+        raise
+      except OSError:  # A file system without hard links: rename (checked just above).
+        os.rename(tmp, os.path.abspath(path))
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def check_new_file(path: str) -> None:
+  if storage.exists(path):
+    raise FileExistsError(f"Output file {path} already exists; conversion never overwrites. "
+                          "Choose a new output path or remove the old one.")
 
 
 def check_new_dir(out_dir: str) -> None:

@@ -86,6 +86,10 @@ class TextTransformer(nn.Module):
     elif self.pool == "gap":
       keep = (tokens != self.pad_id)[..., None].astype(x.dtype)
       pooled = (x * keep).sum(1) / jnp.maximum(keep.sum(1), 1)
+    elif self.pool == "gap_all":  # Pads count: what a big_vision tower trained with "gap" saw.
+      pooled = x.mean(axis=1)
+    elif self.pool == "max_all":
+      pooled = x.max(axis=1)
     elif self.pool == "map":
       pooled = layers.MAPHead(d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
                               self.attention_impl, self.dtype, name="map_head")(
@@ -93,8 +97,8 @@ class TextTransformer(nn.Module):
     elif self.pool == "none":
       pooled = x
     else:
-      raise ValueError(f"Unknown pool {self.pool!r}; valid: last, first, eos, argmax, gap, map, "
-                       "none.")
+      raise ValueError(f"Unknown pool {self.pool!r}; valid: last, first, eos, argmax, gap, "
+                       "gap_all, max_all, map, none.")
     extras["pre_logits"] = pooled
     if self.num_classes:
       out = nn.Dense(self.num_classes, use_bias=self.head_bias, dtype=self.dtype, name="head",

@@ -57,7 +57,8 @@ class ViT(nn.Module):
   `pre_logits` (the pooled features), `logits` with a head.
 
   Layouts of the references (see bigvl/convert for the exact settings):
-    big_vision / SigLIP: pool="map" or "gap", no class token, norm on all tokens.
+    big_vision / SigLIP: pool="map", "gap", "cls" (its "tok") or "first" (its "0"), norm on all
+      tokens, act="gelu_tanh".
     CLIP (HF, open_clip): pool="cls", cls_posemb=True, pre_norm=True, patch_bias=False.
     HF ViTModel: pool="cls", cls_posemb=True, rep_size=width (its dense+tanh pooler).
   """
@@ -71,7 +72,8 @@ class ViT(nn.Module):
   posemb_grid: int | None = None     # posemb="learn": the stored table's grid side (e.g. 14),
                                      # bilinearly resized to each image's grid when they differ;
                                      # None: the grid of the image at init.
-  pool: str = "gap"                  # cls | gap | map | none
+  pool: str = "gap"                  # cls | gap | map | first | none; "first": token 0, a patch
+                                     # (no class token; big_vision's pool_type="0").
   cls_posemb: bool = False           # The class token has a learned position too (HF/open_clip):
                                      # pos_embedding then covers 1 + patches positions.
   pre_norm: bool = False             # LayerNorm before the first block (CLIP's ln_pre).
@@ -173,10 +175,12 @@ class ViT(nn.Module):
     elif self.pool == "map":
       pooled = layers.MAPHead(d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
                               self.attention_impl, self.dtype, name="map_head")(x)
+    elif self.pool == "first":
+      pooled = x[:, 0]
     elif self.pool == "none":
       pooled = x
     else:
-      raise ValueError(f"Unknown pool {self.pool!r}; valid: cls, gap, map, none.")
+      raise ValueError(f"Unknown pool {self.pool!r}; valid: cls, gap, map, first, none.")
     if self.final_norm and self.norm_pooled:
       pooled = layers.layer_norm(self.ln_eps, "post_norm", self.dtype)(pooled)
     if self.rep_size:
