@@ -20,7 +20,7 @@ def get_defaults() -> ml_collections.ConfigDict:
   c.keep_every = 0            # Also keep every checkpoint whose step is a multiple of this; 0: none.
   c.nonfinite = "stop"        # On a NaN/Inf loss or gradient: stop (keep the last good checkpoint) | skip (skip the update).
   c.grad_accum_steps = 1      # Micro-batches per step (batch_size / this each); grads are averaged.
-  c.compilation_cache_dir = "auto"  # jax's persistent compilation cache: auto = <parent of workdir>/.bigvl_compilation_cache; "": off; else a directory.
+  c.compilation_cache_dir = "auto"  # jax's persistent compilation cache: auto = $BIGVL_COMPILATION_CACHE_DIR, else <parent of workdir>/.bigvl_compilation_cache; "": off; else a directory.
   c.peak_tflops = 0.0         # Peak TFLOP/s of one device for train/mfu; 0: from a table by device kind.
   c.init_from = ""            # Params-only start: a workdir or checkpoint dir; matching params load, others stay new.
   c.init_subtree = ""         # Load only this subtree of init_from's params, as the top level ("enc" of MAE, "teacher/backbone" of DINO).

@@ -238,18 +238,24 @@ def _count_model_flops(run):
 # Persistent compilation cache.
 
 CACHE_DIR_NAME = ".bigvl_compilation_cache"
+# Where "auto" puts the cache for every run of this environment (a cluster's shared cache, a
+# test session's): set once, no config changes.
+CACHE_DIR_ENV = "BIGVL_COMPILATION_CACHE_DIR"
 
 
 def compilation_cache_dir(config, workdir: str) -> str | None:
   """Where `config.compilation_cache_dir` puts jax's persistent compilation cache: "auto"
-  (the default) -> `<parent of workdir>/.bigvl_compilation_cache`, shared by the runs beside
-  this one, or for a workdir in an object store `~/.cache/bigvl/compilation_cache` on
-  each host (jax reads and writes a cache entry per program; on a store each is a request,
-  and a host's own disk is the faster place); "" -> None (off); anything else is the
-  directory itself, local or a URL."""
+  (the default) -> $BIGVL_COMPILATION_CACHE_DIR when set, else
+  `<parent of workdir>/.bigvl_compilation_cache`, shared by the runs beside this one, or for
+  a workdir in an object store `~/.cache/bigvl/compilation_cache` on each host (jax reads
+  and writes a cache entry per program; on a store each is a request, and a host's own disk
+  is the faster place); "" -> None (off); anything else is the directory itself, local or a
+  URL."""
   value = config_lib.with_defaults(config).compilation_cache_dir
   if not value:
     return None
+  if value == "auto" and os.environ.get(CACHE_DIR_ENV):
+    return storage.abspath(os.environ[CACHE_DIR_ENV])
   if value == "auto":
     if storage.is_remote(workdir):
       return os.path.join(os.path.expanduser("~"), ".cache", "bigvl", "compilation_cache")

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +12,12 @@ DEMO_SIGLIP = os.path.join(REPO, "configs", "demo", "siglip_digits.py")
 DEMO_CLIP = os.path.join(REPO, "configs", "demo", "clip_digits.py")
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for every run of the suite, subprocesses included (they
+# inherit the variable): the demo's train step, run by dozens of tests, compiles once. A
+# cache hit loads the same executable, so results are the same bit for bit.
+# tests/test_compilation_cache.py turns it off to test the default location.
+os.environ.setdefault("BIGVL_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "bigvl-tests-compilation-cache"))
 
 # Every test declares its kind (pyproject.toml registers the markers): `unit` (in-process,
 # pure functions and small modules, seconds) or `integration` (subprocess or training runs,

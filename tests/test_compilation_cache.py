@@ -22,6 +22,10 @@ COMPILED = re.compile(r"compiled the train step in ([\d.]+)s \(persistent compil
                       r"(hit|miss|off)")
 
 
+# The suite's shared cache (conftest.py) off: these tests are about the default location.
+NO_SUITE_CACHE = {"BIGVL_COMPILATION_CACHE_DIR": ""}
+
+
 def _args(workdir, *extra):
   return ["--config", DEMO_SIGLIP, "--workdir", str(workdir), "--config.total_steps=2",
           "--config.evals={}", "--config.log_every=1", *extra]
@@ -37,11 +41,11 @@ def _compiled(proc) -> tuple[float, str]:
 @pytest.mark.slow  # Two starts of the demo (about 35 s).
 def test_second_start_loads_the_train_step_from_the_cache(tmp_path):
   # Two workdirs side by side: the default cache is their parent's, shared by both.
-  first = run_bigvl(_args(tmp_path / "a"), check=True)
+  first = run_bigvl(_args(tmp_path / "a"), env=NO_SUITE_CACHE, check=True)
   cache = tmp_path / train.CACHE_DIR_NAME
   entries = sorted(p.name for p in cache.iterdir())
   assert any(name.startswith("jit_train_step") for name in entries), entries
-  second = run_bigvl(_args(tmp_path / "b"), check=True)
+  second = run_bigvl(_args(tmp_path / "b"), env=NO_SUITE_CACHE, check=True)
   (s1, how1), (s2, how2) = _compiled(first), _compiled(second)
   print(f"train step compile: first start {s1:.2f}s ({how1}), second {s2:.2f}s ({how2}); "
         f"cache entries: {entries}")
@@ -59,7 +63,8 @@ def test_no_dir_turns_the_cache_off(tmp_path):
 
 
 @pytest.mark.unit
-def test_cache_dir_option():
+def test_cache_dir_option(monkeypatch):
+  monkeypatch.delenv(train.CACHE_DIR_ENV, raising=False)
   c = config_lib.load_config_file(DEMO_SIGLIP)
   assert train.compilation_cache_dir(c, "/runs/siglip") == "/runs/.bigvl_compilation_cache"
   assert train.compilation_cache_dir(c, "/runs/siglip/") == "/runs/.bigvl_compilation_cache"
@@ -76,3 +81,18 @@ def test_cache_settings_are_restored(tmp_path):
     assert jax.config.jax_compilation_cache_dir == path == str(tmp_path / "cache")
     assert os.path.isdir(path)
   assert jax.config.jax_compilation_cache_dir == before
+
+
+@pytest.mark.unit
+def test_the_environment_variable_moves_auto_only(monkeypatch):
+  c = config_lib.load_config_file(DEMO_SIGLIP)
+  monkeypatch.setenv(train.CACHE_DIR_ENV, "/shared/cache")
+  assert train.compilation_cache_dir(c, "/runs/siglip") == "/shared/cache"
+  assert train.compilation_cache_dir(c, "gs://bucket/run") == "/shared/cache"
+  c.compilation_cache_dir = ""  # An explicit value wins over the environment.
+  assert train.compilation_cache_dir(c, "/runs/siglip") is None
+  c.compilation_cache_dir = "/cache/bigvl"
+  assert train.compilation_cache_dir(c, "/runs/siglip") == "/cache/bigvl"
+  monkeypatch.setenv(train.CACHE_DIR_ENV, "")  # Empty: unset.
+  c.compilation_cache_dir = "auto"
+  assert train.compilation_cache_dir(c, "/runs/siglip") == "/runs/.bigvl_compilation_cache"
