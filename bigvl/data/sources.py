@@ -13,12 +13,14 @@ from bigvl.registry import SOURCES, config_dict
 
 # The source modules, one line each (a new source file adds its line here).
 from bigvl.data import digits  # noqa: E402,F401  (digits)
+from bigvl.data import fashion_mnist  # noqa: E402,F401  (fashion_mnist)
 from bigvl.data import ingest  # noqa: E402,F401  (folder)
 from bigvl.data import interleaved  # noqa: E402,F401  (interleaved)
 from bigvl.data import shapes  # noqa: E402,F401  (shapes)
 from bigvl.data import shards  # noqa: E402,F401  (shards)
 from bigvl.data import synthetic  # noqa: E402,F401  (synthetic)
 from bigvl.data import tfds_source  # noqa: E402,F401  (tfds)
+from bigvl.data import tuxpaint  # noqa: E402,F401  (tuxpaint)
 
 # Keys of a data config that are the loader's, not the source's.
 LOADER_KEYS = ("pp", "batch_size", "weight")
