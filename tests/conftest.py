@@ -40,9 +40,10 @@ def kind_of(item) -> str:
     raise ValueError(f"{item.nodeid}: marked both unit and integration (a module-level "
                      "`pytestmark` applies to every test in it)")
   kind = kinds.pop()
-  if kind == "unit" and any(any(item.iter_markers(name=m)) for m in ("slow", "demo", "scale")):
-    raise ValueError(f"{item.nodeid}: slow, scale and demo tests are integration tests; mark it "
-                     "integration, not unit")
+  long_kinds = ("slow", "demo", "scale", "colab")
+  if kind == "unit" and any(any(item.iter_markers(name=m)) for m in long_kinds):
+    raise ValueError(f"{item.nodeid}: slow, scale, demo and colab tests are integration "
+                     "tests; mark it integration, not unit")
   return kind
 
 

@@ -32,7 +32,7 @@ def _printed(nb) -> str:
                  for o in c.get("outputs", []))
 
 
-@pytest.mark.slow
+@pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_siglip_vs_clip_notebook(tmp_path, monkeypatch):
   results, nb = _execute("siglip_vs_clip", tmp_path, monkeypatch)
   for loss in ("sigmoid", "softmax"):
@@ -48,7 +48,7 @@ def test_siglip_vs_clip_notebook(tmp_path, monkeypatch):
   assert "sigmoid" in printed and "softmax" in printed
 
 
-@pytest.mark.slow
+@pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_lit_notebook(tmp_path, monkeypatch):
   curves, _ = _execute("lit_locked_tower", tmp_path, monkeypatch)
   assert set(curves) == {"locked (Lu)", "unlocked (Uu)", "from scratch"}

@@ -36,7 +36,7 @@ def _kill_after_checkpoint(workdir, step, *extra, timeout=300):
   return proc
 
 
-@pytest.mark.slow
+@pytest.mark.demo  # The whole demo trained (about 2.5 minutes): not in CI's slow run.
 def test_demo_killed_after_first_checkpoint_still_reaches_target(tmp_path):
   workdir = tmp_path / "demo"
   _kill_after_checkpoint(workdir, 500)

@@ -27,7 +27,7 @@ def test_a_test_has_exactly_one_kind():
     conftest.kind_of(FakeItem("slow"))
   with pytest.raises(ValueError, match="both unit and integration"):
     conftest.kind_of(FakeItem("unit", "integration"))
-  with pytest.raises(ValueError, match="slow, scale and demo tests are integration"):
+  with pytest.raises(ValueError, match="slow, scale, demo and colab tests are integration"):
     conftest.kind_of(FakeItem("unit", "slow"))
 
 
