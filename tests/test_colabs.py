@@ -57,7 +57,7 @@ def test_lit_notebook(tmp_path, monkeypatch):
     assert len(pts) == 3 and all(0.0 <= acc <= 1.0 for _, acc in pts)
 
 
-@pytest.mark.slow
+@pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_mae_mask_ratio_notebook(tmp_path, monkeypatch):
   results, _ = _execute("mae_mask_ratio", tmp_path, monkeypatch)
   print(results)
