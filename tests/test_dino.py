@@ -49,6 +49,7 @@ def _loss(objective, model, params, objective_state, batch, rng=jax.random.PRNGK
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 15 s: keeps the default run near 10 minutes; CI runs it.
 def test_teacher_starts_as_the_student_lives_outside_params_and_gets_no_gradient():
   model, objective, batch = _setup()
   tx, _ = _optimizer(objective)

@@ -77,6 +77,7 @@ def test_stage_two_moves_only_the_bridges_and_allocates_only_their_moments():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 15 s: keeps the default run near 10 minutes; CI runs it.
 def test_loss_counts_text_tokens_not_image_markers_or_padding():
   model, objective, _, _, state, batch, tok = _setup()
   loss, _ = objective.loss(model, state.params, batch, jax.random.PRNGKey(0), train=False)

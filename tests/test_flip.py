@@ -67,6 +67,7 @@ def test_masked_train_step_costs_fewer_flops_too():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # Over 15 s: keeps the default run near 10 minutes; CI runs it.
 def test_image_tower_sees_half_the_tokens_in_training_and_all_in_eval():
   model, objective, params, batch = _demo(0.5)
   seen = []

@@ -70,6 +70,7 @@ def test_scores_equal_the_query_chunk_log_likelihood_of_a_direct_forward():
   assert ev.prompt.format(ev.class_names[int(ev.support[first]["label"])]) in texts[0]
 
 
+@pytest.mark.slow  # Over 15 s: keeps the default run near 10 minutes; CI runs it.
 def test_supports_nest_and_the_evaluator_reports_every_shot():
   model, params, tok, ev = _setup()
   supports = np.stack([ev.support_indices(i, 2) for i in range(ev.n)])

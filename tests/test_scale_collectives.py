@@ -76,6 +76,7 @@ def _run(args, env, timeout):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # Over 15 s: keeps the default run near 10 minutes; CI runs it.
 def test_sharded_attention_has_no_collective_on_8_devices():
   out = _run(["-c", ATTENTION_ONLY], EIGHT, timeout=600)
   for name, r in out.items():
