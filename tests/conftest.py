@@ -64,7 +64,7 @@ def missing_real_data(text: str) -> str | None:
   """The install command of the Debian package a demo named in `text` (a path, a command)
   reads, when that package's files are absent; None when present or none is needed."""
   from bigvl.data import fashion_mnist, tuxpaint
-  for demo, source in (("siglip_fashion_mnist", fashion_mnist), ("siglip_tuxpaint", tuxpaint)):
+  for demo, source in (("fashion_mnist", fashion_mnist), ("tuxpaint", tuxpaint)):
     if demo in text and not os.path.isdir(source.resolve_dir()):
       return source.INSTALL
   return None

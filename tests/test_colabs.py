@@ -59,9 +59,26 @@ def test_lit_notebook(tmp_path, monkeypatch):
 
 @pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_mae_mask_ratio_notebook(tmp_path, monkeypatch):
-  results, _ = _execute("mae_mask_ratio", tmp_path, monkeypatch)
+  from bigvl.data import fashion_mnist as fm
+  if not os.path.isfile(fm.file_path(fm.resolve_dir(), "test", "labels")):
+    pytest.skip(fm.INSTALL)
+  results, nb = _execute("mae_mask_ratio", tmp_path, monkeypatch)
   print(results)
-  assert sorted(float(r) for r in results["linear"]) == [0.25, 0.5, 0.75, 0.9]
+  assert results["seeds"] == [0, 1, 2]
+  for probe in ("linear", "knn"):
+    assert sorted(float(r) for r in results[probe]) == [0.25, 0.5, 0.75], results
+    assert all(len(v) == 3 and all(0.0 <= x <= 1.0 for x in v)
+               for v in results[probe].values()), results
+    assert len(results["random_init"][probe]) == 3
+  # MAE learns: at every ratio the linear probe, mean of 3 seeds, is above the random-init
+  # encoder's (0.621 when measured) by at least 2 points (measured: 4.7 to 5.9).
+  init = sum(results["random_init"]["linear"]) / 3
+  for ratio, accs in results["linear"].items():
+    assert sum(accs) / 3 > init + 0.02, (ratio, accs, init)
+  # The paper's direction (a peak at 0.75 over lower ratios) did not hold over 3 seeds in
+  # TINY mode when measured (nor at 1500 steps), so it is not asserted; the notebook prints
+  # the numbers and says so (colabs/README.md).
+  assert "best ratio per seed" in _printed(nb)
 
 
 @pytest.mark.slow
