@@ -38,17 +38,18 @@ META = dict(image_size=SIZE, channels=3, text_len=LEN)
 # ----------------------------------------------------------------------------- the layout
 
 
+def attention_keys(at):
+  """flax's MultiHeadDotProductAttention of width 32, 2 heads: per-head q/k/v kernels
+  (D, heads, head_dim), out kernel (heads, head_dim, D)."""
+  return [(f"{at}/{name}/kernel", (32, 2, 16)) for name in ("query", "key", "value")
+          ] + [(f"{at}/{name}/bias", (2, 16)) for name in ("query", "key", "value")
+               ] + [(f"{at}/out/kernel", (2, 16, 32)), (f"{at}/out/bias", (32,))]
+
+
 def block_keys(at):
   """One encoder block (big_vision's Encoder1DBlock) of width 32, 2 heads, MLP 64."""
   return [(f"{at}/LayerNorm_0/scale", (32,)), (f"{at}/LayerNorm_0/bias", (32,)),
-          (f"{at}/MultiHeadDotProductAttention_0/query/kernel", (32, 2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/query/bias", (2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/key/kernel", (32, 2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/key/bias", (2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/value/kernel", (32, 2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/value/bias", (2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/out/kernel", (2, 16, 32)),
-          (f"{at}/MultiHeadDotProductAttention_0/out/bias", (32,)),
+          *attention_keys(f"{at}/MultiHeadDotProductAttention_0"),
           (f"{at}/LayerNorm_1/scale", (32,)), (f"{at}/LayerNorm_1/bias", (32,)),
           (f"{at}/MlpBlock_0/Dense_0/kernel", (32, 64)), (f"{at}/MlpBlock_0/Dense_0/bias", (64,)),
           (f"{at}/MlpBlock_0/Dense_1/kernel", (64, 32)), (f"{at}/MlpBlock_0/Dense_1/bias", (32,))]
@@ -56,15 +57,7 @@ def block_keys(at):
 
 def map_head_keys(at):
   """big_vision's MAPHead (width 32, 2 heads, MLP 64): a probe attends, then LN and MLP."""
-  return [(f"{at}/probe", (1, 1, 32)),
-          (f"{at}/MultiHeadDotProductAttention_0/query/kernel", (32, 2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/query/bias", (2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/key/kernel", (32, 2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/key/bias", (2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/value/kernel", (32, 2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/value/bias", (2, 16)),
-          (f"{at}/MultiHeadDotProductAttention_0/out/kernel", (2, 16, 32)),
-          (f"{at}/MultiHeadDotProductAttention_0/out/bias", (32,)),
+  return [(f"{at}/probe", (1, 1, 32)), *attention_keys(f"{at}/MultiHeadDotProductAttention_0"),
           (f"{at}/LayerNorm_0/scale", (32,)), (f"{at}/LayerNorm_0/bias", (32,)),
           (f"{at}/MlpBlock_0/Dense_0/kernel", (32, 64)), (f"{at}/MlpBlock_0/Dense_0/bias", (64,)),
           (f"{at}/MlpBlock_0/Dense_1/kernel", (64, 32)), (f"{at}/MlpBlock_0/Dense_1/bias", (32,))]
