@@ -108,3 +108,31 @@ def test_labels_out_of_range_and_unknown_split(tmp_path):
     fm.FashionMnist("test", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="Unknown fashion_mnist split 'val'"):
     fm.FashionMnist("val", data_dir=str(tmp_path))
+
+
+def test_a_slice_is_the_same_records_under_the_same_keys(tmp_path):
+  d = str(tmp_path)
+  write_split(d, n=10, labels=bytes(range(10)))
+  whole = fm.FashionMnist("test", data_dir=d)
+  for split, picked in (("test[:4]", [0, 1, 2, 3]), ("test[7:]", [7, 8, 9]),
+                        ("test[2:5]", [2, 3, 4]), ("test[-2:]", [8, 9])):
+    part = fm.FashionMnist(split, data_dir=d)
+    assert len(part) == len(picked), split
+    for i, j in enumerate(picked):
+      a, b = part[i], whole[j]
+      assert a["key"] == b["key"] == f"fashion_mnist/test/{j}"
+      np.testing.assert_array_equal(a["image"], b["image"])
+      assert a["label"] == b["label"] and a["texts"] == b["texts"]
+    with pytest.raises(IndexError):
+      part[len(picked)]
+    assert part.texts() == [t for j in picked for t in whole[j]["texts"]]
+
+
+@pytest.mark.parametrize("split, message", [
+    ("test[5:5]", "picks no record of the 10"), ("test[:x]", "sliced as name"),
+    ("val[:3]", "Unknown fashion_mnist split"), ("test[3]", "sliced as name")])
+def test_a_bad_slice_is_refused_in_one_line(tmp_path, split, message):
+  write_split(str(tmp_path), n=10)
+  with pytest.raises(ValueError, match=message) as e:
+    fm.FashionMnist(split, data_dir=str(tmp_path))
+  assert "\n" not in str(e.value)

@@ -3,9 +3,11 @@
     apt-get install dataset-fashion-mnist     # -> /usr/share/datasets/fashion-mnist (MIT)
 
 70,000 greyscale 28x28 product photos in 10 classes: `train` (60,000) and `test` (10,000),
-6,000 / 1,000 of each class. Each record: `image` uint8 (28, 28, 1), `label` int32, `texts`
-the caption of every template for its class ("a photo of the sneaker."), `key`
-"fashion_mnist/{split}/{i}". Another directory holding the four `*-ubyte.gz` files:
+6,000 / 1,000 of each class; a slice of one, TFDS-style: "train[:5000]", "train[10000:]"
+(Zalando's order is already shuffled, so any slice of a few thousand has about a tenth of
+each class). Each record: `image` uint8 (28, 28, 1), `label` int32, `texts` the caption of
+every template for its class ("a photo of the sneaker."), `key` "fashion_mnist/{split}/{i}"
+(i: the index in the whole split, also in a slice). Another directory holding the four `*-ubyte.gz` files:
 `data_dir=...` or the environment variable BIGVL_FASHION_MNIST_DIR.
 """
 
@@ -18,6 +20,7 @@ import zlib
 
 import numpy as np
 
+from bigvl.data.split_slices import parse_split, slice_indices
 from bigvl.registry import SOURCES
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -106,31 +109,35 @@ def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 @SOURCES.register("fashion_mnist")
 class FashionMnist:
-  """Random-access Fashion-MNIST records for one split ("train" or "test")."""
+  """Random-access Fashion-MNIST records for one split ("train" or "test") or a slice of
+  one ("train[:5000]")."""
 
   def __init__(self, split: str = "train", data_dir: str | None = None,
                templates: tuple[str, ...] | list[str] | None = None):
-    if split not in SPLITS:
-      raise ValueError(f"Unknown fashion_mnist split {split!r}; valid: {tuple(SPLITS)}.")
-    self.split = split
+    name, start, stop = parse_split(split, tuple(SPLITS), "fashion_mnist")
+    self.split = name
     self.data_dir = resolve_dir(data_dir)
-    self._images, self._labels = load_split(self.data_dir, split)
+    images, labels = load_split(self.data_dir, name)
+    self._indices = slice_indices(len(labels), start, stop, split, "fashion_mnist")
+    self._images, self._labels = images, labels
     self.class_names = CLASS_NAMES
     self.templates = tuple(templates or TEMPLATES)
 
   def __len__(self) -> int:
-    return len(self._labels)
+    return len(self._indices)
 
   def __getitem__(self, i: int) -> dict:
-    label = int(self._labels[i])
-    return {"image": self._images[i], "label": np.int32(label),
+    j = self._indices[i]  # IndexError past the slice's end, like a list.
+    label = int(self._labels[j])
+    return {"image": self._images[j], "label": np.int32(label),
             "texts": tuple(t.format(CLASS_NAMES[label]) for t in self.templates),
-            "key": f"fashion_mnist/{self.split}/{i}"}
+            "key": f"fashion_mnist/{self.split}/{j}"}
 
   def texts(self) -> list[str]:
-    """Every caption of the split (for tokenizer training): len(self) x templates strings."""
+    """Every caption of the split or slice (for tokenizer training): len(self) x templates."""
     per_class = [[t.format(c) for t in self.templates] for c in CLASS_NAMES]
-    return [s for l in self._labels for s in per_class[l]]
+    labels = self._labels[self._indices.start:self._indices.stop:self._indices.step]
+    return [s for l in labels for s in per_class[l]]
 
   def __repr__(self):
     return f"FashionMnist(split={self.split!r}, n={len(self)}, data_dir={self.data_dir!r})"

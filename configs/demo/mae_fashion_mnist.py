@@ -14,39 +14,9 @@ colabs/mae_mask_ratio.ipynb sweeps the masking ratio with it (docs/self_supervis
 """
 
 from bigvl.config_lib import parse_arg
-from bigvl.data.fashion_mnist import FashionMnist
-from bigvl.registry import SOURCES
 import ml_collections
 
 PP_EVAL = "value_range(-1, 1)"
-HEAD = "fashion_mnist_head"
-
-
-class FashionMnistHead(FashionMnist):
-  """The first `train_size` / `test_size` records of the train / test split (0: all), for
-  evaluators, which read a whole split. Zalando's order is already shuffled: each class is
-  about a tenth of any first few thousand."""
-
-  def __init__(self, split: str = "train", train_size: int = 0, test_size: int = 0, **kw):
-    super().__init__(split, **kw)
-    size = train_size if split == "train" else test_size
-    self.size = min(size, len(self._labels)) if size else len(self._labels)
-
-  def __len__(self) -> int:
-    return self.size
-
-  def __getitem__(self, i: int) -> dict:
-    if not 0 <= i < self.size:
-      raise IndexError(i)
-    return super().__getitem__(i)
-
-
-# No source option takes part of a split, and the probes read whole splits: the head is a
-# source of its own. This file runs again at every load; the first load's class stays.
-try:
-  SOURCES.get(HEAD)
-except ValueError:
-  SOURCES.register(HEAD)(FashionMnistHead)
 
 
 def get_config(arg=None):
@@ -77,10 +47,10 @@ def get_config(arg=None):
   c.optimizer = dict(lr=1.5e-3, warmup_steps=100, weight_decay=0.05, b2=0.95,
                      schedule="cosine")
   # Fit on the head of train, score the head of test.
-  data = dict(name=HEAD, split="test", train_size=arg.probe_train, test_size=arg.probe_test,
-              pp=PP_EVAL)
+  data = dict(name="fashion_mnist", split=f"test[:{arg.probe_test}]", pp=PP_EVAL)
+  train_split = f"train[:{arg.probe_train}]"
   c.evals = dict(
-      probe=dict(name="fewshot", data=data, shots=(), full=True),
-      knn=dict(name="knn", data=data, k=10),
+      probe=dict(name="fewshot", data=data, train_split=train_split, shots=(), full=True),
+      knn=dict(name="knn", data=data, train_split=train_split, k=10),
   )
   return c

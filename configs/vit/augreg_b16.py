@@ -52,8 +52,6 @@ Deviations from the paper (bigvl lacks these):
   - Fine-tuning keeps the 14 x 14 position-embedding table of pretraining and resizes it
     bilinearly to the 24 x 24 grid in every forward pass (ViT `posemb_grid=14`); the paper
     resizes the table once and then fine-tunes the 24 x 24 table.
-  - bigvl has no top-1 evaluator for a classifier yet: the fine-tuned model's ImageNet top-1
-    is not measured by this config.
 """
 
 from bigvl import recipes
@@ -132,6 +130,10 @@ def get_config(arg=None):
         train=recipes.source(arg, tfds="imagenet2012", split="train", pp=pp),
         stand_in=recipes.stand_in(image_size=res, num_classes=I1K_CLASSES),
         workers=8)
+    # The paper's number: top-1 of the head on the 50,000 validation images, each resized
+    # to res x res without a crop (vision_transformer's eval pipeline), at the end.
+    c.evals = dict(val=dict(name="classify", data=recipes.source(
+        arg, tfds="imagenet2012", split="validation", pp=recipes.pp_resized(res))))
     # The 21,843-way head does not load (another shape): a new zero-initialised 1000-way one.
     c.model = model(I1K_CLASSES, posemb_grid=14)
     c.objective = dict(name="classification")
