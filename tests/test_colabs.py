@@ -32,36 +32,50 @@ def _printed(nb) -> str:
                  for o in c.get("outputs", []))
 
 
+def _skip_without_fashion_mnist():
+  from bigvl.data import fashion_mnist as fm
+  if not os.path.isfile(fm.file_path(fm.resolve_dir(), "test", "labels")):
+    pytest.skip(fm.INSTALL)
+
+
 @pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_siglip_vs_clip_notebook(tmp_path, monkeypatch):
+  _skip_without_fashion_mnist()
   results, nb = _execute("siglip_vs_clip", tmp_path, monkeypatch)
+  print(results)
+  assert results["seeds"] == [0, 1, 2]
   for loss in ("sigmoid", "softmax"):
     assert sorted(int(b) for b in results[loss]) == [4, 16]
     assert all(len(v) == 3 for v in results[loss].values())
-    # Both losses learn: above chance (0.1) at batch 16 on every seed.
-    assert min(results[loss]["16"]) > 0.3, results
-  print(results)
-  # The direction the SigLIP paper reports (sigmoid >= softmax at the smallest batch) did
-  # not hold over 3 seeds in TINY mode when measured (the notebook says so and prints the
-  # numbers), so it is not asserted; see colabs/README.md.
+    # Both losses learn: well above chance (0.1) at batch 16 on every seed (measured 0.66+).
+    assert min(results[loss]["16"]) > 0.5, results
+  # The SigLIP paper's direction (sigmoid >= softmax at the smallest batch) did not hold over
+  # 3 seeds when measured (batch 4: 1 seed of 3; softmax ahead on average at 4, 8, 16, 32 and
+  # at 3000 steps), so it is not asserted; the notebook prints the numbers and says so.
   printed = _printed(nb)
-  assert "sigmoid" in printed and "softmax" in printed
+  assert "sigmoid - softmax" in printed
 
 
 @pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_lit_notebook(tmp_path, monkeypatch):
-  curves, _ = _execute("lit_locked_tower", tmp_path, monkeypatch)
-  assert set(curves) == {"locked (Lu)", "unlocked (Uu)", "from scratch"}
-  for name, pts in curves.items():
-    print(name, pts)
-    assert len(pts) == 3 and all(0.0 <= acc <= 1.0 for _, acc in pts)
+  _skip_without_fashion_mnist()
+  out, _ = _execute("lit_locked_tower", tmp_path, monkeypatch)
+  print(out["final"], out["tower_top1"])
+  final = out["final"]
+  assert set(final) == set(out["curves"]) == {"locked (Lu)", "unlocked (Uu)", "from scratch"}
+  assert all(len(v) == 3 for v in final.values())
+  # The tower learned its labels (measured 0.787 top-1 on 10,000 test photos).
+  assert out["tower_top1"] > 0.7
+  # LiT's direction, which held on each of the 3 seeds when measured: locked > unlocked >
+  # from scratch (0.794/0.792/0.789 > 0.774/0.786/0.772 > 0.699/0.682/0.721).
+  for seed in range(3):
+    assert (final["locked (Lu)"][seed] > final["unlocked (Uu)"][seed]
+            > final["from scratch"][seed]), (seed, final)
 
 
 @pytest.mark.colab  # Not in CI (time): pytest -m colab.
 def test_mae_mask_ratio_notebook(tmp_path, monkeypatch):
-  from bigvl.data import fashion_mnist as fm
-  if not os.path.isfile(fm.file_path(fm.resolve_dir(), "test", "labels")):
-    pytest.skip(fm.INSTALL)
+  _skip_without_fashion_mnist()
   results, nb = _execute("mae_mask_ratio", tmp_path, monkeypatch)
   print(results)
   assert results["seeds"] == [0, 1, 2]
