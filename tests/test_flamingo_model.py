@@ -9,7 +9,7 @@ import pytest
 
 from bigvl import models
 from bigvl.models.flamingo import (Flamingo, GatedCrossAttentionDense, PerceiverResampler,
-                                   media_attend_mask)
+                                   gates_closed, media_attend_mask)
 from bigvl.models.lm import CausalLM
 
 pytestmark = pytest.mark.unit
@@ -53,6 +53,24 @@ def test_init_logits_equal_the_standalone_lm_exactly(params):
     out = APPLY({"params": params}, images(seed), TOKENS)
     assert out.shape == (2, 10, 16) and out.dtype == jnp.float32
     np.testing.assert_array_equal(out, ref)
+
+
+def test_closed_gates_give_the_lm_back_whatever_the_images(params):
+  """The no-vision control: a trained-looking model (open gates, images matter) with its
+  gates closed computes the standalone LM's logits exactly, and every other param is kept."""
+  opened = with_gates(params)
+  assert np.abs(APPLY({"params": opened}, images(1), TOKENS)
+                - APPLY({"params": opened}, images(2), TOKENS)).max() > 0
+  closed = gates_closed(opened)
+  ref = jax.jit(CausalLM(**LM).apply)({"params": params["lm"]}, TOKENS)
+  for seed in (1, 2):
+    np.testing.assert_array_equal(APPLY({"params": closed}, images(seed), TOKENS), ref)
+  gates = [p for p, _ in jax.tree_util.tree_leaves_with_path(closed)
+           if p[-1].key.startswith("alpha_")]
+  assert len(gates) == 2 * len([k for k in params if k.startswith("xattn")]) > 0
+  same = jax.tree_util.tree_map_with_path(
+      lambda p, a, b: p[-1].key.startswith("alpha_") or bool((a == b).all()), closed, opened)
+  assert all(jax.tree_util.tree_leaves(same))
 
 
 def test_images_matter_once_gated_and_future_images_never_matter(params):

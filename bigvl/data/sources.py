@@ -12,6 +12,7 @@ bigvl.registry); importing this module registers them all.
 from bigvl.registry import SOURCES, config_dict
 
 # The source modules, one line each (a new source file adds its line here).
+from bigvl.data import binding  # noqa: E402,F401  (binding)
 from bigvl.data import digits  # noqa: E402,F401  (digits)
 from bigvl.data import fashion_mnist  # noqa: E402,F401  (fashion_mnist)
 from bigvl.data import ingest  # noqa: E402,F401  (folder)

@@ -19,6 +19,7 @@ from bigvl.evaluators.context import EvalContext, eval_batch_size  # noqa: F401
 from bigvl.registry import EVALUATORS, SOURCES, accepted_kwargs, config_dict
 
 # The evaluator modules, one line each (a new evaluator file adds its line here).
+from bigvl.evaluators import binding  # noqa: F401  (binding)
 from bigvl.evaluators import captioning  # noqa: F401  (captioning, scoring_zeroshot, perplexity)
 from bigvl.evaluators import classify  # noqa: F401  (classify)
 from bigvl.evaluators import in_context  # noqa: F401  (in_context)

@@ -40,6 +40,35 @@ def query_chunk_mask(tokens: np.ndarray, image_id: int, pad_id: int) -> np.ndarr
   return ((pos > last[:, None]) & (tokens != pad_id)).astype(np.float32)
 
 
+def chunk_score_fn(model):
+  """A jitted fn(params, images (b, m, h, w, c), tokens (b, c, l), mask (b, c, l)) -> (b, c):
+  for each of b prompts' m images and c candidate texts, the sum of log p over the targets
+  where `mask` is 1 (`query_chunk_mask`). The images are encoded once per prompt."""
+
+  @jax.jit
+  def score(params, images, tokens, mask):
+    b, c, l = tokens.shape
+    media = model.apply({"params": params}, images, method="encode_media")
+    media = jnp.repeat(media, c, axis=0)
+    logits = model.apply({"params": params}, media, tokens.reshape(b * c, l),
+                         method="lm_logits")
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+    tgt = tokens.reshape(b * c, l)[:, 1:]
+    lp = jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0]
+    return (lp * mask.reshape(b * c, l)[:, 1:]).sum(-1).reshape(b, c)
+  return score
+
+
+def encode_prompts(tok, texts: list[str], text_len: int, what: str) -> np.ndarray:
+  """Prompts -> (n, text_len) int32 ids; ValueError naming `what` if one does not fit."""
+  ids = tok.encode(texts, text_len)
+  if (ids == tok.eos_id).sum(1).min() == 0 or any(
+      len(p) + 1 > text_len for p in tok.sp.encode(texts)):
+    raise ValueError(f"{what} does not fit text_len={text_len} tokens; raise the "
+                     "evaluator's text_len (and the LM's max_len).")
+  return ids
+
+
 @EVALUATORS.register("in_context")
 class InContext:
   """k-shot classification (and captioning) of the images of `data` (a data config; the
@@ -85,12 +114,8 @@ class InContext:
 
   def encode_prompts(self, texts: list[str]) -> np.ndarray:
     """Prompts -> (n, text_len) int32 ids; raises if one does not fit `text_len`."""
-    ids = self.tok.encode(texts, self.text_len)
-    if (ids == self.tok.eos_id).sum(1).min() == 0 or any(
-        len(p) + 1 > self.text_len for p in self.tok.sp.encode(texts)):
-      raise ValueError(f"in_context: a {max(self.shots)}-shot prompt does not fit text_len="
-                       f"{self.text_len} tokens; raise the evaluator's text_len.")
-    return ids
+    return encode_prompts(self.tok, texts, self.text_len,
+                          f"in_context: a {max(self.shots)}-shot prompt")
 
   def support_indices(self, i: int, k: int) -> np.ndarray:
     """(k,) indices into `self.support` of query `i`'s supports: the first k of one draw of
@@ -109,21 +134,7 @@ class InContext:
 
   def _score_fn(self):
     if "score" not in self._fns:
-      model = self.ctx.model
-
-      @jax.jit
-      def score(params, images, tokens, mask):
-        # images (b, m, ...); tokens, mask (b, c, l): sum of log p over the query chunk.
-        b, c, l = tokens.shape
-        media = model.apply({"params": params}, images, method="encode_media")
-        media = jnp.repeat(media, c, axis=0)
-        logits = model.apply({"params": params}, media, tokens.reshape(b * c, l),
-                             method="lm_logits")
-        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-        tgt = tokens.reshape(b * c, l)[:, 1:]
-        lp = jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0]
-        return (lp * mask.reshape(b * c, l)[:, 1:]).sum(-1).reshape(b, c)
-      self._fns["score"] = score
+      self._fns["score"] = chunk_score_fn(self.ctx.model)
     return self._fns["score"]
 
   def _next_fn(self):

@@ -18,6 +18,7 @@ Evaluators that score many texts against the same images call `encode_media` onc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -123,6 +124,25 @@ class GatedCrossAttentionDense(nn.Module):
     y = layers.layer_norm(self.ln_eps, "ln_mlp", self.dtype)(x)
     y = layers.MlpBlock(self.mlp_dim or 4 * x.shape[-1], dtype=self.dtype, name="mlp")(y)
     return x + gate("alpha_ff") * y
+
+
+GATES = ("alpha_attn", "alpha_ff")
+
+
+def gates_closed(params: dict) -> dict:
+  """A copy of a Flamingo's params (plain or boxed, as a train state holds them) with every
+  gate of every gated layer set to 0: the model then computes the frozen LM's logits,
+  whatever the images (the no-vision control)."""
+  def zero(x):
+    if isinstance(x, nn.meta.AxisMetadata):
+      return x.replace_boxed(jnp.zeros_like(x.unbox()))
+    return jnp.zeros_like(x)
+
+  out = dict(params)
+  for name, sub in params.items():
+    if name.startswith("xattn") and isinstance(sub, Mapping) and GATES[0] in sub:
+      out[name] = {**sub, **{g: zero(sub[g]) for g in GATES}}
+  return out
 
 
 @MODELS.register("flamingo")
