@@ -85,7 +85,7 @@ def test_episodes_nest_hold_k_shots_per_class_and_never_show_the_query(flamingo_
   ctx, _ = flamingo_ctx
   ev = _evaluator(ctx, ways=5, shots=(0, 1, 2, 4, 8), episodes=30, seed=3)
   for e in range(30):
-    d = ev._draws[e]
+    d = ev.episode(e)
     assert len(set(d["names"])) == 5 and 0 <= d["target"] < 5
     prev = []
     for k in (0, 1, 2, 4, 8):
@@ -104,8 +104,8 @@ def test_episodes_nest_hold_k_shots_per_class_and_never_show_the_query(flamingo_
   # Seeded: the same seed draws the same episodes; another seed others.
   again = _evaluator(ctx, ways=5, shots=(0, 8), episodes=30, seed=3)
   other = _evaluator(ctx, ways=5, shots=(0, 8), episodes=30, seed=4)
-  assert [d["query"] for d in again._draws] == [d["query"] for d in ev._draws]
-  assert [d["query"] for d in other._draws] != [d["query"] for d in ev._draws]
+  queries = lambda x: [x.episode(e)["query"] for e in range(30)]
+  assert queries(again) == queries(ev) and queries(other) != queries(ev)
 
 
 def test_an_untrained_model_is_at_chance_and_the_scores_are_the_chunks_likelihoods(flamingo_ctx):
@@ -117,9 +117,10 @@ def test_an_untrained_model_is_at_chance_and_the_scores_are_the_chunks_likelihoo
   assert abs(out["0shot/top1"] - 0.2) < 0.16 and abs(out["2shot/top1"] - 0.2) < 0.16
   # One episode's scores by hand: the LM's log-likelihood of the query chunk's tokens.
   scores = ev.scores(params, np.array([7]), 2)[0]
-  d = ev._draws[7]
+  d = ev.episode(7)
   prefix, records = ev.prompt_of(7, 2)
-  images = np.stack([ev._s_img[r] for r in records] + [ev._q_img[d["query"]]])[None]
+  images = ev.prompt_images(7, 2)[None]
+  assert images.shape[1] == len(records) + 1 == 11
   for w, name in enumerate(d["names"]):
     ids = ctx.tokenizer.encode([prefix + f"<image>{name}.<|endofchunk|>"], 176)
     logits = ctx.model.apply({"params": params}, images, ids)

@@ -87,6 +87,19 @@ class FastBinding:
             "supports": [(r, w) for r, w, _ in supports],
             "shot_of": [j for _, _, j in supports]}
 
+  def episode(self, e: int) -> dict:
+    """Episode e's draw: `names` (ways,), `target` (the query's way), `query` (its record in
+    the evaluated split), `supports` [(support record, way)] in prompt order for max(shots),
+    `shot_of` (each support's index among its way's, < k for the k-shot prompt)."""
+    return self._draws[e]
+
+  def prompt_images(self, e: int, k: int) -> np.ndarray:
+    """(ways * k + 1, h, w, c): episode e's k-shot support images in prompt order, then its
+    query image."""
+    _, records = self.prompt_of(e, k)
+    return np.stack([self._s_img[r] for r in records]
+                    + [self._q_img[self._draws[e]["query"]]])
+
   def prompt_of(self, e: int, k: int) -> tuple[str, list[int]]:
     """(the k-shot prefix of episode e, its support records in order)."""
     d = self._draws[e]
@@ -98,10 +111,9 @@ class FastBinding:
     """(len(episodes), ways): log-likelihood of each name's query chunk after k shots."""
     texts, images = [], []
     for e in episodes:
-      prefix, records = self.prompt_of(int(e), k)
+      prefix, _ = self.prompt_of(int(e), k)
       texts += [prefix + chunk(self.prompt.format(n)) for n in self._draws[e]["names"]]
-      images.append(np.stack([self._s_img[r] for r in records]
-                             + [self._q_img[self._draws[e]["query"]]]))
+      images.append(self.prompt_images(int(e), k))
     tokens = encode_prompts(self.tok, texts, self.text_len,
                             f"binding: a {k}-shot {self.ways}-way prompt")
     mask = query_chunk_mask(tokens, self.image_id, self.tok.pad_id)
