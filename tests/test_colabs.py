@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, missing_real_data
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,9 @@ def _printed(nb) -> str:
 
 
 def _skip_without_fashion_mnist():
-  from bigvl.data import fashion_mnist as fm
-  if not os.path.isfile(fm.file_path(fm.resolve_dir(), "test", "labels")):
-    pytest.skip(fm.INSTALL)
+  install = missing_real_data("fashion_mnist")
+  if install:
+    pytest.skip(install)
 
 
 @pytest.mark.colab  # Not in CI (time): pytest -m colab.

@@ -41,13 +41,14 @@ class FastBinding:
     self.ctx, self.tok = ctx, ctx.tokenizer
     self.label = data_label(data)
     self.query = eval_source(data, "binding")
-    self.support = (self.query if support_split is None
-                    else eval_source(data, "binding", split=support_split))
     same = support_split is None
+    self.support = self.query if same else eval_source(data, "binding", split=support_split)
     self.shots = tuple(sorted(int(k) for k in shots))
     if not self.shots or self.shots[0] < 0:
       raise ValueError(f"binding: shots={shots} must be non-negative shot counts.")
-    q_by, s_by = labels_by_class(self.query), labels_by_class(self.support)
+    # Every record is read once per split to index it by class: the same split once.
+    q_by = labels_by_class(self.query)
+    s_by = q_by if same else labels_by_class(self.support)
     self.classes = check_episode_options(ways, names, classes, sorted(set(q_by) & set(s_by)),
                                          f"binding on {self.label}")
     kmax = self.shots[-1]
