@@ -49,7 +49,7 @@ def test_episodes_nest_hold_k_shots_per_class_and_never_show_the_query(flamingo_
       text, records = ev.prompt_of(e, k)
       assert len(records) == 5 * k and d["query"] not in records
       for n in d["names"]:
-        assert text.count(f"<image>{n}.<|endofchunk|>") == k
+        assert text.count(f"<image>{n}<|endofchunk|>") == k
       # The k-shot supports are the (k+1)-shot ones less some, in the same order.
       assert [r for r in records if r in prev] == prev
       prev = records
@@ -79,7 +79,7 @@ def test_an_untrained_model_is_at_chance_and_the_scores_are_the_chunks_likelihoo
   images = ev.prompt_images(7, 2)[None]
   assert images.shape[1] == len(records) + 1 == 11
   for w, name in enumerate(d["names"]):
-    ids = ctx.tokenizer.encode([prefix + f"<image>{name}.<|endofchunk|>"], 176)
+    ids = ctx.tokenizer.encode([prefix + f"<image>{name}<|endofchunk|>"], 176)
     logits = ctx.model.apply({"params": params}, images, ids)
     logp = np.asarray(jax.nn.log_softmax(logits[0, :-1]))
     last_image = int(np.flatnonzero(ids[0] == ctx.tokenizer.piece_id("<image>"))[-1])

@@ -73,6 +73,17 @@ def test_closed_gates_give_the_lm_back_whatever_the_images(params):
   assert all(jax.tree_util.tree_leaves(same))
 
 
+def test_gate_init_opens_the_gates_from_the_start():
+  model = Flamingo(**{**OPTS, "xattn": dict(OPTS["xattn"], gate_init=0.5)})
+  opened = nn.unbox(jax.jit(model.init)(key(), images(0), TOKENS)["params"])
+  gates = [float(x) for p, x in jax.tree_util.tree_leaves_with_path(opened)
+           if p[-1].key.startswith("alpha_")]
+  assert gates and all(g == 0.5 for g in gates)
+  apply = jax.jit(model.apply)
+  assert np.abs(apply({"params": opened}, images(1), TOKENS)
+                - apply({"params": opened}, images(2), TOKENS)).max() > 1e-4
+
+
 def test_images_matter_once_gated_and_future_images_never_matter(params):
   """(a) Causality w.r.t. images, exact: changing image j leaves the logits of every token
   before image j's marker bit-identical (the cross-attention mask hides image j from them

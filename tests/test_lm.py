@@ -1,5 +1,6 @@
 """The decoder-only LM and its objective: the next-token loss against a float64 reference,
-learning on a tiny fixed set, causality, and KV-cached decoding against the full forward."""
+learning on a tiny fixed set, causality, and KV-cached decoding against the full forward
+(with learned and with rotary positions)."""
 
 import flax.linen as nn
 import jax
@@ -119,9 +120,10 @@ def test_lm_objective_learns_a_tiny_set():
   assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-  model = models.build(dict(TINY_LM, act="gelu_tanh", ln_eps=1e-5, tie_embeddings=True))
+@pytest.fixture(scope="module", params=["learned", "rope"])
+def tiny_lm(request):
+  model = models.build(dict(TINY_LM, act="gelu_tanh", ln_eps=1e-5, tie_embeddings=True,
+                            position=request.param))
   return model, random_params(model, 12, seed=1, scale=0.1)
 
 

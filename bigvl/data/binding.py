@@ -11,6 +11,14 @@ learning papers train and test. The records feed the same pp as `interleaved`:
 
 Record i is drawn by a generator seeded with (seed, i): the same on every read and host.
 `classes` restricts the classes drawn from (to hold some out of training).
+
+`keys=True` makes the text-only sequences a language model learns the skill from: each
+way's captions start with a key word drawn per sequence (`"reddax"`), and the pp drops the
+image marker (`interleave_text(image='')`), so the key sits where Flamingo's `<image>`
+will: `red dax <|endofchunk|> blue wug <|endofchunk|> red ...`. `min_length` draws each
+record's length log-uniformly in [min_length, length]: an LM finds the copy skill within a
+few hundred steps on short sequences and not within thousands on long ones only
+(docs/flamingo.md), while the long ones teach it the later positions.
 """
 
 from __future__ import annotations
@@ -25,11 +33,11 @@ from bigvl.registry import SOURCES
 # for any.
 NAMES = ("dax", "blicket", "wug", "zorp", "fep", "tove", "kiki", "bouba", "glim", "mip",
          "lorp", "nard", "quib", "sarn", "tufa", "vek", "yim", "zub", "pell", "rix")
-PROMPT = "{}."
+PROMPT = "{}"
 # Stand-ins for the pictures in a text-only sequence (`keys=True`): each way's chunks start
 # with the way's key word, drawn per sequence, so an LM trained on the text learns to find
-# the earlier chunk with the same key and copy its name (an induction head) -- the skill a
-# vision bridge then drives with images instead of keys.
+# the earlier chunk with the same key and copy the name after it (an induction head) -- the
+# skill a vision bridge then drives with images in the keys' place.
 KEYS = ("red", "blue", "green", "gold", "pink", "grey", "brown", "black", "white", "teal",
         "amber", "coral", "olive", "navy", "ivory", "lime", "plum", "rust", "sand", "jade")
 
@@ -66,13 +74,20 @@ class Binding:
   def __init__(self, inner: dict, ways: int = 5, length: int = 41, size: int = 50_000,
                names: tuple[str, ...] | list[str] = NAMES, prompt: str = PROMPT,
                classes: tuple[int, ...] | list[int] | None = None, seed: int = 0,
-               keys: bool = False):
+               keys: bool = False, min_length: int | None = None):
     self.inner = SOURCES.build_from_config(inner, where="the binding source's inner")
     self.by_class = labels_by_class(self.inner)
     self.classes = check_episode_options(ways, names, classes, sorted(self.by_class),
                                          "binding source")
     if length < 1:
       raise ValueError(f"binding source: length={length} must be >= 1.")
+    self.min_length = length if min_length is None else int(min_length)
+    if not 1 <= self.min_length <= length:
+      raise ValueError(f"binding source: min_length={min_length} must be in [1, length="
+                       f"{length}].")
+    if self.min_length < length and not keys:
+      raise ValueError("binding source: min_length < length needs keys=True (text only): "
+                       "sequences with different numbers of images do not batch.")
     if "{}" not in prompt:
       raise ValueError(f"binding source: prompt {prompt!r} needs a {{}} for the name.")
     self.ways, self.length, self.size = ways, length, size
@@ -90,7 +105,10 @@ class Binding:
     rng = np.random.default_rng((self.seed, i))
     classes = rng.choice(self.classes, self.ways, replace=False)
     names = rng.choice(len(self.names), self.ways, replace=False)
-    which = rng.integers(self.ways, size=self.length)  # Each example's class, of the ways.
+    n = self.length
+    if self.min_length < n:  # Log-uniform: as many sequences of 2-4 as of 10-20 examples.
+      n = int(round(np.exp(rng.uniform(np.log(self.min_length), np.log(n)))))
+    which = rng.integers(self.ways, size=n)  # Each example's class, of the ways.
     exs = [self.inner[int(rng.choice(self.by_class[int(classes[w])]))] for w in which]
     captions = [self.prompt.format(self.names[names[w]]) for w in which]
     if self.keys is not None:

@@ -8,7 +8,7 @@ the same split, never the query's own record). For k in `shots` the prompt holds
 k supports of every class, in an order shuffled once per episode (so the shots nest), then
 the query:
 
-    <image>dax.<|endofchunk|><image>wug.<|endofchunk|> ... <image>{name}.<|endofchunk|>
+    <image>dax<|endofchunk|><image>wug<|endofchunk|> ... <image>{name}<|endofchunk|>
 
 and each of the episode's names is scored by the log-likelihood of the query's chunk;
 `<k>shot/top1` is the fraction of episodes whose best name is the query's. A name means

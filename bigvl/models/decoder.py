@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from bigvl import sharding as sh
 from bigvl.kernels import sharded as sharded_attention
-from bigvl.models import layers, sizes
+from bigvl.models import layers, rotary, sizes
 
 
 def shift_right(tokens: jnp.ndarray, start_id: int) -> jnp.ndarray:
@@ -29,10 +29,12 @@ class SelfAttention(nn.Module):
   `decode=True` with the cache initialised (by an init call on a full-length input) takes
   one position (b, 1, d), appends its key/value at the cache index and attends to all
   cached positions so far; otherwise it attends over the whole input (causal or not).
+  `rope=True` rotates queries and keys by their positions (bigvl.models.rotary).
   """
   num_heads: int
   impl: str = "xla"
   dtype: Any = jnp.float32
+  rope: bool = False
 
   @nn.compact
   def __call__(self, x, *, causal: bool, decode: bool = False):
@@ -43,6 +45,12 @@ class SelfAttention(nn.Module):
     q = layers.HeadsDense(self.num_heads, hd, True, self.dtype, name="query")(x)
     k = layers.HeadsDense(self.num_heads, hd, True, self.dtype, name="key")(x)
     v = layers.HeadsDense(self.num_heads, hd, True, self.dtype, name="value")(x)
+    if self.rope:
+      start = 0
+      if decode and self.has_variable("cache", "cache_index"):
+        start = self.get_variable("cache", "cache_index")
+      positions = start + jnp.arange(x.shape[1])
+      q, k = rotary.rotate(q, positions), rotary.rotate(k, positions)
     if decode:
       initialised = self.has_variable("cache", "cached_key")
       ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
@@ -73,6 +81,7 @@ class DecoderBlock(nn.Module):
   dropout: float = 0.0
   attention_impl: str = "xla"
   dtype: Any = jnp.float32
+  rope: bool = False              # Rotary positions in the self-attention.
 
   @nn.compact
   def __call__(self, x, memory, causal: bool = True, decode: bool = False,
@@ -81,8 +90,8 @@ class DecoderBlock(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
     x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
     y = layers.layer_norm(self.ln_eps, "ln1", self.dtype)(x)
-    x = x + drop(SelfAttention(self.num_heads, self.attention_impl, self.dtype, name="attn")(
-        y, causal=causal, decode=decode))
+    x = x + drop(SelfAttention(self.num_heads, self.attention_impl, self.dtype, self.rope,
+                               name="attn")(y, causal=causal, decode=decode))
     if self.cross:
       y = layers.layer_norm(self.ln_eps, "ln_cross", self.dtype)(x)
       x = x + drop(layers.Attention(self.num_heads, impl=self.attention_impl, dtype=self.dtype,

@@ -99,13 +99,16 @@ class GatedCrossAttentionDense(nn.Module):
     x = x + tanh(alpha_attn) * CrossAttn(LN(x), tokens of the images mask allows)
     x = x + tanh(alpha_ff) * MLP(LN(x))
 
-  The alphas are scalars initialised to 0, so the layer starts as the identity. A token
+  The alphas are scalars initialised to `gate_init` (0, the paper's: the layer starts as
+  the identity; a nonzero start lets images reach a frozen LM's attention from step 0,
+  which a task that needs two images to match, like fast binding, needs). A token
   whose mask row is all False gets exactly zero cross-attention output (the attention
   kernel would otherwise give it the average of all image values).
   """
   num_heads: int = 8
   mlp_dim: int | None = None    # None: 4 * D.
   ln_eps: float = 1e-6
+  gate_init: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -118,8 +121,9 @@ class GatedCrossAttentionDense(nn.Module):
     y = layers.Attention(self.num_heads, dtype=self.dtype, name="attn")(
         y, media.reshape(b, m * n, dv).astype(self.dtype), mask=kv_mask)
     y = y * mask.any(axis=-1, keepdims=True).astype(y.dtype)
-    gate = lambda name: jnp.tanh(self.param(name, layers.logical(nn.initializers.zeros, ()),
-                                            ())).astype(self.dtype)
+    init = nn.initializers.constant(self.gate_init)
+    gate = lambda name: jnp.tanh(self.param(name, layers.logical(init, ()), ())).astype(
+        self.dtype)
     x = x + gate("alpha_attn") * y
     y = layers.layer_norm(self.ln_eps, "ln_mlp", self.dtype)(x)
     y = layers.MlpBlock(self.mlp_dim or 4 * x.shape[-1], dtype=self.dtype, name="mlp")(y)
@@ -157,7 +161,8 @@ class Flamingo(nn.Module):
   vision: dict | None = None      # ViT options; pool is "none" (all tokens).
   lm: dict | None = None          # CausalLM options (vocab_size None: filled by the train loop).
   resampler: dict | None = None   # PerceiverResampler options.
-  xattn: dict | None = None       # GatedCrossAttentionDense options: num_heads, mlp_dim.
+  xattn: dict | None = None       # GatedCrossAttentionDense options: num_heads, mlp_dim,
+                                  # gate_init.
   cross_every: int = 1
   media_mode: str = "last"        # Which images a token sees; see media_attend_mask.
   image_token_id: int | None = None

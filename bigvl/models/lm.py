@@ -47,6 +47,9 @@ class PositionEmbedding(nn.Module):
     return x + pe[:, :l]
 
 
+POSITIONS = ("learned", "rope")
+
+
 @MODELS.register("lm")
 class CausalLM(nn.Module):
   """tokens (b, l) int -> logits (b, l, vocab) float32; position i predicts token i + 1.
@@ -61,6 +64,9 @@ class CausalLM(nn.Module):
   mlp_dim: int | None = None
   num_heads: int | None = None
   max_len: int = 64               # Positions of the learned position embedding.
+  # "learned": absolute positions added to the tokens (GPT-2); "rope": rotary positions in
+  # every self-attention (LLaMA), no embedding, no length limit.
+  position: str = "learned"
   act: str = "gelu"
   ln_eps: float = 1e-6
   tie_embeddings: bool = False    # Logits = final features @ token embedding^T (GPT-2).
@@ -85,9 +91,14 @@ class CausalLM(nn.Module):
     self.token_embedding = nn.Embed(
         self.vocab_size, d["width"], dtype=self.dtype,
         embedding_init=layers.logical(nn.initializers.normal(0.02), (sh.VOCAB, sh.EMBED)))
-    self.position = PositionEmbedding(self.max_len, d["width"])
+    if self.position not in POSITIONS:
+      raise ValueError(f"CausalLM.position={self.position!r}; valid: {', '.join(POSITIONS)}.")
+    rope = self.position == "rope"
+    if not rope:
+      self.position_embedding = PositionEmbedding(self.max_len, d["width"], name="position")
     self.blocks = [DecoderBlock(d["num_heads"], d["mlp_dim"], False, self.act, self.ln_eps,
-                                self.dropout, self.attention_impl, self.dtype, name=f"block{i}")
+                                self.dropout, self.attention_impl, self.dtype, rope,
+                                name=f"block{i}")
                    for i in range(d["depth"])]
     self.embed_dropout = nn.Dropout(self.dropout)
     self.final_norm = layers.layer_norm(self.ln_eps, "final_norm", self.dtype)
@@ -100,7 +111,9 @@ class CausalLM(nn.Module):
 
   def embed(self, tokens, *, decode: bool = False, train: bool = False):
     """(b, l) ids -> (b, l, width): token + position embedding (dropout in training)."""
-    x = self.position(self.token_embedding(tokens), decode=decode)
+    x = self.token_embedding(tokens)
+    if self.position == "learned":
+      x = self.position_embedding(x, decode=decode)
     return self.embed_dropout(x, deterministic=not train)
 
   def block(self, i: int, x, *, decode: bool = False, train: bool = False):
