@@ -5,8 +5,9 @@ are trained on it: does it copy a name from an earlier chunk with the same key?
 
 Prints the top-1 accuracy of the name after a key seen earlier in the sequence (chance
 1/5 among the sequence's names; an LM without the skill stays near it), over held-out
-sequences of 41 chunks (the 8-shot 5-way prompt's length), overall and by chunk index. A
-Flamingo stage on an LM below about 0.9 here stays near chance too (docs/flamingo.md).
+sequences of 41 chunks (the 8-shot 5-way prompt's length), overall and by chunk index.
+An LM without the skill gives stage 2 nothing to drive; so far stage 2 has stayed near
+chance even on an LM at 0.85 here (docs/flamingo.md).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import jax
 from absl import app, flags
 
 from bigvl import eval as eval_lib
-from bigvl.data import sources
+from bigvl.data import sources, transforms
 from bigvl.data import tokenizer as tokenizer_lib
 from bigvl.data.binding import KEYS, NAMES
-from bigvl.data.interleaved import END_OF_CHUNK
 
 # --workdir (the LM stage's) is bigvl.train's flag, which bigvl.eval imports.
 flags.mark_flag_as_required("workdir")
@@ -32,7 +32,9 @@ def name_accuracy(apply, tok, text_len: int, sequences: int, seed: int):
   """(overall, {chunk band: accuracy}) of argmax name predictions after a seen key."""
   src = sources.build(dict(name="binding", inner=dict(name="digits", split="test"), keys=True,
                            length=41, seed=seed, size=sequences))
-  texts = ["".join(f"{t[0]}{END_OF_CHUNK}" for t in src[i]["texts"]) for i in range(sequences)]
+  # The stage-1 config's own text op: keys in the image marker's place.
+  interleave = transforms.build("interleave_text(image='')")
+  texts = [interleave(src[i], None)["text"] for i in range(sequences)]
   ids = np.asarray(tok.encode(texts, text_len))
   pred = np.asarray(apply(ids)).argmax(-1)
   names = {tok.piece_id(n) for n in NAMES}
