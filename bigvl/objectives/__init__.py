@@ -15,6 +15,7 @@ from bigvl.registry import OBJECTIVES, accepted_kwargs, config_dict
 # (each registers its objectives with `@OBJECTIVES.register(...)` from bigvl.registry).
 from bigvl.objectives import captioning  # noqa: F401,E402  (captioning, cappa, coca)
 from bigvl.objectives import classification  # noqa: F401,E402  (classification)
+from bigvl.objectives import composite  # noqa: F401,E402  (composite: a weighted sum of terms)
 from bigvl.objectives import contrastive  # noqa: F401,E402  (clip, siglip)
 from bigvl.objectives import dino  # noqa: F401,E402  (dino)
 from bigvl.objectives import interleaved  # noqa: F401,E402  (flamingo)
