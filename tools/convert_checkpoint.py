@@ -80,8 +80,9 @@ def parse_args(argv):
   to = sub.add_parser("to_hf", help="bigvl two-tower checkpoint -> HF transformers directory")
   to.add_argument("bigvl_dir")
   to.add_argument("out")
-  to.add_argument("--family", choices=("clip", "siglip"),
-                  help="HF class to write; default: siglip for MAP-pooled images, else clip")
+  to.add_argument("--family", choices=("clip", "siglip", "siglip2"),
+                  help="HF class to write (siglip2: Siglip2Model, NaFlex); default: siglip "
+                       "for MAP-pooled images, else clip")
   bv = sub.add_parser("big_vision", help="big_vision .npz (SigLIP, LiT, ViT) -> bigvl")
   bv.add_argument("checkpoint", help="the .npz; FILE.npz:img converts the image tower of a "
                   "two-tower file (into a vit config)")

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from bigvl import storage
-from bigvl.convert import big_vision, bigvl_io, common, hf_clip, hf_gpt2, hf_siglip, hf_vit
+from bigvl.convert import big_vision, bigvl_io, common, hf_clip, hf_gpt2, hf_siglip, hf_siglip2
+from bigvl.convert import hf_vit
 from bigvl.convert import torch_io
 from bigvl.convert import open_clip as open_clip_format
 
@@ -22,9 +23,10 @@ Progress = Callable[[str], None]
 
 # HF config.json `model_type` -> family module.
 HF_FAMILIES = {hf_clip.MODEL_TYPE: hf_clip, hf_siglip.MODEL_TYPE: hf_siglip,
+               hf_siglip2.MODEL_TYPE: hf_siglip2,
                hf_vit.MODEL_TYPE: hf_vit, hf_gpt2.MODEL_TYPE: hf_gpt2}
 # Families bigvl can write back to HF.
-EXPORT_FAMILIES = {"clip": hf_clip, "siglip": hf_siglip}
+EXPORT_FAMILIES = {"clip": hf_clip, "siglip": hf_siglip, "siglip2": hf_siglip2}
 
 
 def _convert(family, state: Mapping[str, np.ndarray], model_cfg: Mapping[str, Any],
@@ -47,6 +49,7 @@ def read_hf_config(hf_dir: str):
                                  f"bigvl converts {', '.join(sorted(HF_FAMILIES))}.")
   import transformers
   cls = {"clip": transformers.CLIPConfig, "siglip": transformers.SiglipConfig,
+         "siglip2": transformers.Siglip2Config,
          "vit": transformers.ViTConfig, "gpt2": transformers.GPT2Config}[model_type]
   return HF_FAMILIES[model_type], cls.from_pretrained(hf_dir)
 
@@ -231,7 +234,8 @@ def to_hf(bigvl_dir: str, out_dir: str, *, family: str | None = None,
   Args:
     bigvl_dir: a directory `load_converted` reads.
     out_dir: the HF directory to create (must not exist).
-    family: "clip" or "siglip"; default: siglip when images are pooled by a MAP head.
+    family: "clip", "siglip" or "siglip2" (Siglip2Model, NaFlex: needs the image tower's
+      posemb_grid); default: siglip when images are pooled by a MAP head.
   Returns:
     The absolute path of `out_dir`.
   """

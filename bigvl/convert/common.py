@@ -66,6 +66,11 @@ LAYOUTS: dict[str, Layout] = {
     # Patch embedding: torch Conv2d (out, in, kh, kw) <-> flax Conv (kh, kw, in, out).
     "conv": Layout(lambda x, shape: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1),
                    lambda shape: (shape[3], shape[2], shape[0], shape[1])),
+    # NaFlex patch embedding: torch Linear (out, kh*kw*in), flattened (row, col, channel) <->
+    # flax Conv (kh, kw, in, out): the same weights, SigLIP 2's patches pre-cut.
+    "patch_linear": Layout(lambda x, shape: x.T.reshape(shape),
+                           lambda x: x.reshape(-1, x.shape[-1]).T,
+                           lambda shape: (shape[3], shape[0] * shape[1] * shape[2])),
     "drop1": _drop(1),
     "drop2": _drop(2),
 }

@@ -79,15 +79,19 @@ class TwoTowers(nn.Module):
       feats = proj(feats)
     return l2_normalize(feats.astype(jnp.float32))
 
-  def __call__(self, image=None, text=None, *, train: bool = False, image_keep=None):
-    """`image_keep` (b, k): indices of the patches the image tower encodes (FLIP)."""
+  def __call__(self, image=None, text=None, *, train: bool = False, image_keep=None,
+               image_shapes=None):
+    """`image_keep` (b, k): indices of the patches the image tower encodes (FLIP).
+    `image_shapes` (b, 2) int: NaFlex, `image` is then (b, n, p*p*c) patches and this each
+    image's (rows, cols) of patches (ViT's `spatial_shapes`)."""
     extras: dict[str, Any] = {"t": jnp.exp(self.log_t[0])}
     if self.bias_init is not None:
       extras["b"] = self.b[0]
     zimg = ztxt = None
     if image is not None:
       zimg = self._embed(self.img, self.img_proj if self.embed_dim else None, image, "img",
-                         extras, train, **({} if image_keep is None else {"keep": image_keep}))
+                         extras, train, **({} if image_keep is None else {"keep": image_keep}),
+                         **({} if image_shapes is None else {"spatial_shapes": image_shapes}))
     if text is not None:
       ztxt = self._embed(self.txt, self.txt_proj if self.embed_dim else None, text, "txt",
                          extras, train)

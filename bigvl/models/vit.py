@@ -42,6 +42,63 @@ def resize_posemb(pe, h: int, w: int):
   return jax.image.resize(grid, (h, w, pe.shape[-1]), "bilinear").reshape(1, h * w, -1)
 
 
+def naflex_posemb_weights(grid: int, shapes, n: int):
+  """(b, n, grid*grid) float32: row t of image i mixes the learned grid x grid table into the
+  position embedding of patch t of an image of shapes[i] = (rows, cols) patches, patches in
+  row-major order; rows t >= rows * cols (padding) take patch 0's.
+
+  The mix is the antialiased bilinear resize (torch `interpolate(mode="bilinear",
+  align_corners=False, antialias=True)`, which SigLIP 2's NaFlex uses): a triangle filter on
+  half-pixel centres, widened by the scale factor when shrinking, rows normalised to 1. As
+  weights rather than a resize call so that every image of a batch has its own grid under
+  one jit (the shapes are data, not static).
+  """
+  sizes = jnp.asarray(shapes, jnp.float32)[:, None, :]                   # (b, 1, 2)
+  t = jnp.arange(n, dtype=jnp.float32)[None, :, None]                    # (1, n, 1)
+  row = jnp.floor(t / sizes[..., 1:])
+  index = jnp.concatenate([row, t - row * sizes[..., 1:]], axis=-1)      # (b, n, 2)
+  index = index * (t < sizes.prod(-1, keepdims=True))
+  scale = grid / sizes
+  support = jnp.maximum(scale, 1.0)
+  centre = (index + 0.5) * scale - 0.5
+  source = jnp.arange(grid, dtype=jnp.float32)
+  wts = jnp.maximum(1.0 - jnp.abs(source - centre[..., None]) / support[..., None], 0.0)
+  wts = wts / wts.sum(-1, keepdims=True)                                 # (b, n, 2, grid)
+  return (wts[..., 0, :, None] * wts[..., 1, None, :]).reshape(*wts.shape[:2], grid * grid)
+
+
+def naflex_mask(shapes, n: int):
+  """(b, n) bool: True for the rows * cols real patches of each image, False for padding."""
+  shapes = jnp.asarray(shapes, jnp.int32)
+  return jnp.arange(n)[None] < (shapes[:, 0] * shapes[:, 1])[:, None]
+
+
+class PatchLinear(nn.Module):
+  """Flattened patches (b, n, p*p*c) -> (b, n, width) with the patch Conv's own params
+  (`kernel` (p, p, c, width), `bias`): the same tree for images and for NaFlex patches."""
+  width: int
+  patch_size: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, patches):
+    p = self.patch_size
+    c = patches.shape[-1] // (p * p)
+    if c * p * p != patches.shape[-1]:
+      raise ValueError(f"NaFlex patches have {patches.shape[-1]} values each; expected "
+                       f"patch_size^2 * channels = {p}^2 * c.")
+    kernel = self.param("kernel", layers.logical(nn.initializers.lecun_normal(),
+                                                 (None, None, None, sh.EMBED)),
+                        (p, p, c, self.width))
+    y = patches.astype(self.dtype) @ kernel.reshape(p * p * c, self.width).astype(self.dtype)
+    if self.use_bias:
+      bias = self.param("bias", layers.logical(nn.initializers.zeros, (sh.EMBED,)),
+                        (self.width,))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 @MODELS.register("vit")
 class ViT(nn.Module):
   """images (b, h, w, c) -> (out, extras).
@@ -50,6 +107,12 @@ class ViT(nn.Module):
   encoder sees only those k tokens (after their position embedding; a class token is
   added after). SimMIM: `mask` (b, n) bool, True where a patch is replaced by a learned
   mask token before the encoder.
+
+  NaFlex (SigLIP 2): `image` (b, n, p*p*c) is each image's patches, row-major, every patch
+  flattened (row, col, channel) and zero rows after an image's rows * cols patches, with
+  `spatial_shapes` (b, 2) int its (rows, cols). Each image gets the learned
+  `posemb_grid` x `posemb_grid` table resized to its own grid (naflex_posemb_weights) and
+  attention, pooling and `tokens` ignore its padding (`extras["mask"]`, (b, n) bool).
 
   `out` is the head's logits when `num_classes` is set, else the pooled features:
   (b, width), or (b, rep_size) with `rep_size`, or (b, n, width) with pool="none".
@@ -99,9 +162,11 @@ class ViT(nn.Module):
                          num_heads=self.num_heads, patch_size=self.patch_size)
 
   @nn.compact
-  def __call__(self, image, *, train: bool = False, keep=None, mask=None):
+  def __call__(self, image, *, train: bool = False, keep=None, mask=None, spatial_shapes=None):
     d = self.dims()
     width, p = d["width"], d["patch_size"]
+    if spatial_shapes is not None or image.ndim == 3:
+      return self._naflex(image, spatial_shapes, d, train)
     if image.shape[1] < p or image.shape[2] < p:
       raise ValueError(f"Image size {image.shape[1:3]} is smaller than the patch size {p}.")
     # Pixels past the last whole patch are dropped, as torch's strided Conv2d does (SigLIP
@@ -167,14 +232,23 @@ class ViT(nn.Module):
     x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
                        self.dropout, norm_tokens, self.attention_impl, self.dtype,
                        self.remat, scan=self.scan_layers, name="encoder")(x, train=train)
-    extras = {"tokens": x}
+    return self._pool_and_head(x, {"tokens": x}, d)
+
+  def _pool_and_head(self, x, extras: dict, d: dict, token_mask=None):
+    """Encoded tokens (b, n, width) -> (out, extras); `token_mask` (b, n) bool: the real
+    tokens (NaFlex), the rest ignored by every pooling."""
     if self.pool == "cls":
       pooled = x[:, 0]
     elif self.pool == "gap":
-      pooled = x.mean(axis=1)
+      if token_mask is None:
+        pooled = x.mean(axis=1)
+      else:
+        m = token_mask[..., None].astype(x.dtype)
+        pooled = (x * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
     elif self.pool == "map":
       pooled = layers.MAPHead(d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
-                              self.attention_impl, self.dtype, name="map_head")(x)
+                              self.attention_impl, self.dtype, name="map_head")(
+                                  x, mask=token_mask)
     elif self.pool == "first":
       pooled = x[:, 0]
     elif self.pool == "none":
@@ -204,3 +278,38 @@ class ViT(nn.Module):
     _, extras = self(image, train=False)
     feats = extras["pre_logits"]
     return feats.mean(axis=1) if feats.ndim == 3 else feats
+
+  def _naflex(self, patches, spatial_shapes, d: dict, train: bool):
+    """NaFlex: patches (b, n, p*p*c), spatial_shapes (b, 2) -> (out, extras)."""
+    width, p = d["width"], d["patch_size"]
+    if patches.ndim != 3 or spatial_shapes is None:
+      raise ValueError("ViT NaFlex input needs patches (batch, n, patch_size^2 * channels) and "
+                       f"spatial_shapes (batch, 2); got {patches.shape} and "
+                       f"{None if spatial_shapes is None else spatial_shapes.shape}.")
+    if spatial_shapes.shape != (patches.shape[0], 2):
+      raise ValueError(f"ViT spatial_shapes has shape {spatial_shapes.shape}; expected "
+                       f"(batch, 2) = {(patches.shape[0], 2)}.")
+    if self.posemb != "learn" or not self.posemb_grid or self.pool in ("cls", "first"):
+      raise ValueError("ViT NaFlex input needs posemb='learn' with posemb_grid set (the "
+                       "table's side, e.g. 16) and pool in gap, map, none (got posemb="
+                       f"{self.posemb!r}, posemb_grid={self.posemb_grid}, pool={self.pool!r}).")
+    b, n, _ = patches.shape
+    x = PatchLinear(width, p, self.patch_bias, self.dtype, name="embedding")(patches)
+    g = self.posemb_grid
+    pe = self.param("pos_embedding", layers.logical(nn.initializers.normal(width ** -0.5),
+                                                    (None, sh.LENGTH, sh.EMBED)), (1, g * g, width))
+    if pe.shape[1] != g * g:
+      raise ValueError(f"ViT pos_embedding has {pe.shape[1]} positions; NaFlex with "
+                       f"posemb_grid={g} needs {g * g}.")
+    weights = naflex_posemb_weights(g, spatial_shapes, n)
+    x = x + jnp.einsum("bnk,kd->bnd", weights, pe[0].astype(jnp.float32)).astype(x.dtype)
+    token_mask = naflex_mask(spatial_shapes, n)
+    if self.pre_norm:
+      x = layers.layer_norm(self.ln_eps, "pre_norm", self.dtype)(x)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    norm_tokens = self.final_norm and not self.norm_pooled
+    x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
+                       self.dropout, norm_tokens, self.attention_impl, self.dtype,
+                       self.remat, scan=self.scan_layers, name="encoder")(
+                           x, mask=token_mask, train=train)
+    return self._pool_and_head(x, {"tokens": x, "mask": token_mask}, d, token_mask)
