@@ -87,3 +87,37 @@ def test_bad_naflex_input_is_explained(kw, shapes, match):
   with pytest.raises(ValueError, match=match):
     ViT(**opts).init(jax.random.PRNGKey(0), np.zeros((1, 4, P * P * 3), np.float32),
                      spatial_shapes=shapes)
+
+
+def test_naflex_grid_matches_siglip2_image_processor():
+  from bigvl.convert import testing
+  testing.import_torch_references()
+  from transformers.models.siglip2.image_processing_siglip2 import (
+      get_image_size_for_max_num_patches)
+  from bigvl.data.transforms import naflex_grid
+  rng = np.random.default_rng(3)
+  cases = [(224, 224, 16, 256), (100, 400, 16, 256), (37, 5, 4, 20), (16, 16, 4, 16),
+           (3000, 20, 14, 729), (1, 1, 16, 64)]
+  cases += [tuple(int(v) for v in (rng.integers(1, 800), rng.integers(1, 800),
+                                   rng.choice([4, 14, 16]), rng.integers(1, 1025)))
+            for _ in range(40)]
+  for h, w, p, budget in cases:
+    th, tw = get_image_size_for_max_num_patches(h, w, p, budget)
+    rows, cols = naflex_grid(h, w, p, budget)
+    assert (rows * p, cols * p) == (th, tw), (h, w, p, budget)
+    assert rows * cols <= budget or rows * cols == 1
+
+
+def test_naflex_pp_op_cuts_pads_and_keeps_uint8():
+  from bigvl.data import transforms
+  img = np.random.default_rng(4).integers(0, 256, size=(12, 30, 3), dtype=np.uint8)
+  op = transforms.naflex(patch_size=P, max_patches=20)
+  out = op({"image": img}, None)
+  rows, cols = out["image_shapes"]
+  assert (rows, cols) == transforms.naflex_grid(12, 30, P, 20) and rows * cols <= 20
+  assert out["image"].shape == (20, P * P * 3) and out["image"].dtype == np.uint8
+  resized = transforms.keep_uint8(transforms.resize_bilinear(img, rows * P, cols * P), img)
+  np.testing.assert_array_equal(out["image"][:rows * cols], patchify(resized))
+  assert not out["image"][rows * cols:].any()
+  with pytest.raises(ValueError, match="max_patches=0"):
+    transforms.naflex(patch_size=P, max_patches=0)

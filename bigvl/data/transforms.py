@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -271,6 +272,63 @@ def resize(size, key: str = "image"):
   @touches(key)
   def op(ex, rng):
     ex[key] = keep_uint8(resize_bilinear(ex[key], h, w), ex[key])
+    return ex
+  return op
+
+
+def naflex_grid(height: int, width: int, patch_size: int, max_patches: int) -> tuple[int, int]:
+  """(rows, cols) of patches for an image of height x width pixels under a budget of
+  `max_patches`: the image scaled by the largest factor s for which
+  max(1, ceil(height * s / p)) * max(1, ceil(width * s / p)) <= max_patches (each side
+  rounded up to whole patches, at least one), as SigLIP 2's NaFlex preprocessing: the
+  aspect ratio kept up to that rounding. s is found by bisection on [1e-6, 100] to 1e-5."""
+  if max_patches < 1 or patch_size < 1:
+    raise ValueError(f"naflex: max_patches={max_patches} and patch_size={patch_size} must be "
+                     ">= 1.")
+
+  def grid(scale):
+    return (max(1, math.ceil(height * scale / patch_size)),
+            max(1, math.ceil(width * scale / patch_size)))
+
+  lo, hi = 1e-6, 100.0
+  while hi - lo >= 1e-5:
+    mid = (lo + hi) / 2
+    rows, cols = grid(mid)
+    if rows * cols <= max_patches:
+      lo = mid
+    else:
+      hi = mid
+  return grid(lo)
+
+
+def cut_patches(img: np.ndarray, patch_size: int) -> np.ndarray:
+  """(rows*p, cols*p, c) -> (rows*cols, p*p*c): row-major patches, each flattened
+  (row, col, channel) -- the ViT patch kernel's order and Siglip2ImageProcessor's."""
+  h, w, c = img.shape
+  p = patch_size
+  return img.reshape(h // p, p, w // p, p, c).swapaxes(1, 2).reshape(-1, p * p * c)
+
+
+@PP_OPS.register("naflex")
+def naflex(patch_size: int, max_patches: int, key: str = "image", shapes_key: str = "image_shapes"):
+  """SigLIP 2's NaFlex input: the image resized (bilinear) to the largest patch grid that
+  fits `max_patches` keeping its aspect ratio (`naflex_grid`), cut into patches, and padded
+  with zero rows to `max_patches`: `key` becomes (max_patches, p*p*c) (uint8 stays uint8)
+  and `shapes_key` the grid (rows, cols) int32. Put value_range/normalize after it; the
+  ViT takes the pair as `ViT(patches, spatial_shapes=...)` (two towers: `image_shapes=`)."""
+  naflex_grid(1, 1, patch_size, max_patches)   # Checks the options when the pp is built.
+
+  @touches(key, shapes_key)
+  def op(ex, rng):
+    img = np.asarray(ex[key])
+    if img.ndim != 3:
+      raise ValueError(f"naflex: {key!r} has shape {img.shape}; expected one (h, w, c) image.")
+    rows, cols = naflex_grid(img.shape[0], img.shape[1], patch_size, max_patches)
+    resized = keep_uint8(resize_bilinear(img, rows * patch_size, cols * patch_size), img)
+    patches = np.zeros((max_patches, patch_size * patch_size * img.shape[2]), resized.dtype)
+    patches[:rows * cols] = cut_patches(resized, patch_size)
+    ex[key] = patches
+    ex[shapes_key] = np.asarray([rows, cols], np.int32)
     return ex
   return op
 

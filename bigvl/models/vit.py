@@ -282,6 +282,9 @@ class ViT(nn.Module):
   def _naflex(self, patches, spatial_shapes, d: dict, train: bool):
     """NaFlex: patches (b, n, p*p*c), spatial_shapes (b, 2) -> (out, extras)."""
     width, p = d["width"], d["patch_size"]
+    if spatial_shapes is None and patches.ndim == 3 and self.is_initializing():
+      # The params do not depend on the grids: init from a batch of patches alone.
+      spatial_shapes = jnp.asarray([[1, patches.shape[1]]] * patches.shape[0], jnp.int32)
     if patches.ndim != 3 or spatial_shapes is None:
       raise ValueError("ViT NaFlex input needs patches (batch, n, patch_size^2 * channels) and "
                        f"spatial_shapes (batch, 2); got {patches.shape} and "

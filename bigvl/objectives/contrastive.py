@@ -56,6 +56,11 @@ def _embed(model, params, batch, rng, train, image_mask_ratio: float = 0.0):
     image = batch["image"]
     gh, gw = patch_grid(model.image, image.shape)
     kw["image_keep"], _ = random_keep(mask_rng, image.shape[0], gh * gw, image_mask_ratio)
+  if "image_shapes" in batch:   # NaFlex: `image` holds each image's patches (pp `naflex`).
+    if image_mask_ratio:
+      raise ValueError("image_mask_ratio (FLIP) does not take NaFlex patches yet; set "
+                       "config.objective.image_mask_ratio=0 or drop naflex from the pp.")
+    kw["image_shapes"] = batch["image_shapes"]
   return model.apply({"params": params}, batch["image"], batch["text"], train=train,
                      rngs={"dropout": rng}, **kw)
 
