@@ -104,7 +104,7 @@ def test_not_a_converted_checkpoint(tmp_path):
 def test_wrong_model_type(tmp_path):
   (tmp_path / "config.json").write_text('{"model_type": "bert"}')
   with pytest.raises(convert.ConversionError, match="model_type 'bert' is not convertible; "
-                     "bigvl converts clip, gpt2, siglip, vit"):
+                     "bigvl converts clip, gpt2, siglip, siglip2, vit"):
     convert.from_hf(str(tmp_path), str(tmp_path / "out"), progress=lambda _: None)
 
 

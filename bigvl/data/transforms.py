@@ -740,16 +740,21 @@ def photometric(img: np.ndarray, rng, jitter: float, blur: float, solarize: floa
 def multi_crop(global_size, local_size, num_global: int = 2, num_local: int = 6,
                global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), flip: bool = True,
                jitter: float = 0.0, blur: float = 0.0, solarize: float = 0.0,
-               channels: int | None = 3, key: str = "image"):
+               channels: int | None = 3, key: str = "image", keep: bool = False):
   """DINO's multi-crop: `num_global` random resized crops of `global_size` and `num_local`
   of `local_size`, each independently flipped (with `flip`) and given `photometric`
   augmentation (`jitter`, `blur`, `solarize`; all off by default).
 
   Writes `crops_global` (num_global, G, G, C) and `crops_local` (num_local, L, L, C) uint8
-  (no `crops_local` when num_local=0) and drops `key`. Takes bytes or a decoded array.
+  (none when num_global / num_local is 0) and drops `key`, unless `keep`: then `key` stays
+  as it is (decoded), the view SigLIP 2's self-distillation teacher sees, and num_global
+  may be 0. Takes bytes or a decoded array.
   """
-  if num_global < 1:
-    raise ValueError(f"multi_crop(num_global={num_global}) needs at least one global crop.")
+  if num_global < 1 and not keep:
+    raise ValueError(f"multi_crop(num_global={num_global}) needs at least one global crop "
+                     "(or keep=True: the image itself is the global view).")
+  if num_global < 1 and num_local < 1:
+    raise ValueError("multi_crop(num_global=0, num_local=0) makes no crop.")
   decoder = decode(channels, key=key)
   crop_g = inception_crop(global_size, scale=global_scale, channels=None, key="_crop")
   crop_l = inception_crop(local_size, scale=local_scale, channels=None, key="_crop")
@@ -770,10 +775,14 @@ def multi_crop(global_size, local_size, num_global: int = 2, num_local: int = 6,
   def op(ex, rng):
     if isinstance(ex[key], (bytes, bytearray, memoryview)):
       ex = decoder(ex, rng)
-    img, name = np.asarray(ex.pop(key)), ex.get("key", "?")
+    img = np.asarray(ex[key] if keep else ex.pop(key))
+    name = ex.get("key", "?")
+    if keep:
+      ex[key] = img
     if img.dtype != np.uint8:
       raise ValueError(f"multi_crop takes uint8 images (before value_range); got {img.dtype}.")
-    ex["crops_global"] = crops(img, name, crop_g, num_global, rng)
+    if num_global:
+      ex["crops_global"] = crops(img, name, crop_g, num_global, rng)
     if num_local:
       ex["crops_local"] = crops(img, name, crop_l, num_local, rng)
     return ex

@@ -21,6 +21,7 @@ from bigvl.objectives import dino  # noqa: F401,E402  (dino)
 from bigvl.objectives import interleaved  # noqa: F401,E402  (flamingo)
 from bigvl.objectives import language  # noqa: F401,E402  (lm)
 from bigvl.objectives import masked_image  # noqa: F401,E402  (mae, simmim)
+from bigvl.objectives import self_distill  # noqa: F401,E402  (self_distill: SILC + TIPS)
 
 
 def build(objective_cfg, total_steps: int | None = None):
