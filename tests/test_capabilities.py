@@ -21,6 +21,7 @@ HAS = {
     "vit": {ImageEmbedder},
     "text": set(),
     "two_towers": {ImageEmbedder, TextEmbedder, ImageTextEmbedder},
+    "siglip2": {ImageEmbedder, TextEmbedder, ImageTextEmbedder},
     "captioner": {ImageEmbedder, ImageCaptioner},
     "coca": {ImageEmbedder, TextEmbedder, ImageTextEmbedder, ImageCaptioner},
     "mae": {ImageEmbedder},

@@ -35,16 +35,16 @@ SHAPES = ((4, 4), (2, 6), (6, 3), (3, 2))
 MAX_PATCHES = 20
 
 
-def naflex_batch(shapes=SHAPES, n=MAX_PATCHES, channels=3, seed=0):
+def naflex_batch(shapes=SHAPES, n=MAX_PATCHES, channels=3, seed=0, patch=PATCH):
   """(patches (b, n, p*p*c) float32, mask (b, n) int32, spatial_shapes (b, 2) int64), in
   Siglip2ImageProcessor's layout: each image cut row-major into patches flattened
   (row, col, channel), zero rows after its own."""
   rng = np.random.default_rng(seed)
-  patches = np.zeros((len(shapes), n, PATCH * PATCH * channels), np.float32)
+  patches = np.zeros((len(shapes), n, patch * patch * channels), np.float32)
   mask = np.zeros((len(shapes), n), np.int32)
   for i, (h, w) in enumerate(shapes):
-    img = rng.uniform(-1, 1, (h * PATCH, w * PATCH, channels)).astype(np.float32)
-    cut = img.reshape(h, PATCH, w, PATCH, channels).transpose(0, 2, 1, 3, 4)
+    img = rng.uniform(-1, 1, (h * patch, w * patch, channels)).astype(np.float32)
+    cut = img.reshape(h, patch, w, patch, channels).transpose(0, 2, 1, 3, 4)
     patches[i, :h * w] = cut.reshape(h * w, -1)
     mask[i, :h * w] = 1
   return patches, mask, np.asarray(shapes, np.int64)
@@ -157,3 +157,27 @@ def test_export_without_a_position_grid_is_explained(tmp_path):
     convert.to_hf(str(tmp_path / "bigvl"), str(tmp_path / "hf"), family="siglip2",
                   progress=lambda _: None)
   assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_siglip2_b16_naflex_matches_hf(tmp_path):
+  # Siglip2Config's defaults are SigLIP 2 B/16 NaFlex (a 16 x 16 position grid).
+  cfg = transformers.Siglip2Config()
+  torch.manual_seed(0)
+  ref = transformers.Siglip2Model(cfg).eval()
+  testing.randomize_(ref)
+  with torch.no_grad():
+    ref.logit_scale.fill_(math.log(10.0))
+    ref.logit_bias.fill_(-10.0)
+  ref.save_pretrained(tmp_path / "hf")
+  model, params = convert.load_converted(
+      convert.from_hf(str(tmp_path / "hf"), str(tmp_path / "bigvl"), progress=lambda _: None))
+  t = cfg.text_config
+  ids = testing.token_ids(2, t.max_position_embeddings, t.vocab_size, eos=EOS, pad=PAD)
+  patches, mask, shapes = naflex_batch(((16, 16), (8, 30), (20, 12)), n=256, patch=16)
+  want = hf_outputs(ref, patches, mask, shapes, ids)
+  got = bigvl_outputs(model, params, patches, shapes, ids)
+  for name in ("image_embeds", "text_embeds", "logits_per_image"):
+    print(name, testing.max_abs_diff(got[name], getattr(want, name).numpy()))
+  assert_close(got, want, mask)

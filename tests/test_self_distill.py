@@ -142,6 +142,8 @@ def test_siglip_with_a_late_self_distillation_term_trains():
 def test_self_distill_errors_name_the_fix():
   with pytest.raises(ValueError, match="mask_ratio=1.0 must be in"):
     objectives.build(dict(name="self_distill", mask_ratio=1.0))
+  with pytest.raises(ValueError, match="momentum_schedule='linear'; valid: constant, cosine"):
+    objectives.build(dict(name="self_distill", momentum_schedule="linear"))
   with pytest.raises(ValueError, match="not both 0"):
     objectives.build(dict(name="self_distill", local_weight=0.0, masked_weight=0.0))
   sd = objectives.build(dict(name="self_distill"))

@@ -11,9 +11,10 @@ inference mode (no dropout) unless it takes `train=` and is given `train=True`.
 
 Protocol (methods): models that have it -> evaluators that need it.
 
-  ImageEmbedder (embed_image): vit, two_towers, captioner, coca, mae, simmim, dino
+  ImageEmbedder (embed_image): vit, two_towers, siglip2, captioner, coca, mae, simmim, dino
       -> fewshot, knn
-  ImageTextEmbedder (embed_image_joint, embed_text): two_towers, coca -> zeroshot, retrieval
+  ImageTextEmbedder (embed_image_joint, embed_text): two_towers, siglip2, coca
+      -> zeroshot, retrieval
   ImageCaptioner (encode, caption_logits, decode_step): captioner, coca
       -> captioning, scoring_zeroshot, perplexity (and bigvl/decoding.py)
   InterleavedLM (encode_media, lm_logits): flamingo -> in_context

@@ -15,8 +15,8 @@ the teacher's centred, sharpened one (DINO's cross-entropy, bigvl/objectives/din
 
 loss = local_weight * local + masked_weight * masked. The teacher (the image tower and both
 heads, `siglip2.TEACHER_PARAMS`) and the two centres live in the objective state; after
-each step teacher <- m * teacher + (1 - m) * student with m on DINO's cosine from
-`teacher_momentum` to 1 over the run, centre <- c * centre + (1 - c) * batch mean of the
+each step teacher <- m * teacher + (1 - m) * student with m = `teacher_momentum` (or, with
+momentum_schedule="cosine", DINO's cosine from it to 1 over the run), centre <- c * centre + (1 - c) * batch mean of the
 teacher's outputs. In SigLIP 2 this objective is a term of a `composite` with `siglip`,
 switched on for the last 20% of training (docs/siglip2.md).
 """
@@ -52,7 +52,11 @@ class SelfDistill:
   mask_ratio: float = 0.5
   student_temp: float = 0.1
   teacher_temp: float = 0.04
-  teacher_momentum: float = 0.996     # At step 0; cosine to 1 at total_steps.
+  teacher_momentum: float = 0.996
+  # "constant": the teacher's momentum stays `teacher_momentum` (SILC: a momentum that goes
+  # to 1 stops the teacher learning from the image-text loss late in training); "cosine":
+  # DINO's, from `teacher_momentum` at step 0 to 1 at total_steps.
+  momentum_schedule: str = "constant"
   center_momentum: float = 0.9
   total_steps: int = 0                # Of the momentum schedule; the run's when not set.
 
@@ -68,6 +72,9 @@ class SelfDistill:
         raise ValueError(f"config.objective.{name}={getattr(self, name)} must be in [0, 1].")
     if self.student_temp <= 0 or self.teacher_temp <= 0:
       raise ValueError("config.objective.student_temp and teacher_temp must be > 0.")
+    if self.momentum_schedule not in ("constant", "cosine"):
+      raise ValueError(f"config.objective.momentum_schedule={self.momentum_schedule!r}; valid: "
+                       "constant, cosine.")
 
   def init_state(self, params):
     """{"teacher": a copy of the image tower and heads, "center_global", "center_patches":
@@ -127,7 +134,8 @@ class SelfDistill:
 
   def update_state(self, objective_state, old_params, new_params, update_inputs, step):
     del old_params
-    m = teacher_momentum(step, self.teacher_momentum, self.total_steps)
+    m = (teacher_momentum(step, self.teacher_momentum, self.total_steps)
+         if self.momentum_schedule == "cosine" else self.teacher_momentum)
     c = self.center_momentum
     teacher = {n: jax.tree.map(lambda t, s: m * t + (1.0 - m) * s, objective_state["teacher"][n],
                                new_params[n]) for n in TEACHER_PARAMS}
