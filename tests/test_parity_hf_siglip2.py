@@ -24,8 +24,6 @@ import transformers  # noqa: E402
 from bigvl import convert  # noqa: E402
 from bigvl.convert import bigvl_io, common  # noqa: E402
 
-pytestmark = pytest.mark.unit
-
 TOL = 1e-5
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 EOS = PAD = 1
@@ -88,6 +86,7 @@ def tiny_config(num_patches=16):
       vision_config=dict(TINY, patch_size=PATCH, num_patches=num_patches))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("num_patches", [16, 9])
 def test_tiny_siglip2_naflex_matches_hf(tmp_path, num_patches):
   cfg = tiny_config(num_patches)
@@ -119,6 +118,7 @@ SIGLIP2_CFG = dict(
     embed_dim=None, temperature_init=10.0, bias_init=-10.0)
 
 
+@pytest.mark.unit
 def test_siglip2_roundtrip_is_bit_identical(tmp_path):
   meta = dict(image_size=4 * PATCH, channels=3, text_len=16)
   original = testing.random_params(SIGLIP2_CFG, meta, seed=0)
@@ -147,6 +147,7 @@ def test_siglip2_roundtrip_is_bit_identical(tmp_path):
                                                         value.view(np.uint32)), path
 
 
+@pytest.mark.unit
 def test_export_without_a_position_grid_is_explained(tmp_path):
   cfg = json.loads(json.dumps(SIGLIP2_CFG))
   del cfg["image"]["posemb_grid"]
