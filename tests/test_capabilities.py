@@ -8,20 +8,21 @@ import pytest
 
 from bigvl import evaluators, models
 from bigvl.models.capabilities import (ImageCaptioner, ImageEmbedder, ImageTextEmbedder,
-                                       InterleavedLM, TextEmbedder, methods)
+                                       InterleavedLM, PatchEmbedder, TextEmbedder, methods)
 from bigvl.registry import MODELS
 
 pytestmark = pytest.mark.unit
 
 TOWER = dict(width=32, depth=1, mlp_dim=64, num_heads=4)
-PROTOCOLS = (ImageEmbedder, TextEmbedder, ImageTextEmbedder, ImageCaptioner, InterleavedLM)
+PROTOCOLS = (ImageEmbedder, TextEmbedder, ImageTextEmbedder, ImageCaptioner, InterleavedLM,
+             PatchEmbedder)
 
 # Registered model name -> the capabilities it has (and no others).
 HAS = {
-    "vit": {ImageEmbedder},
+    "vit": {ImageEmbedder, PatchEmbedder},
     "text": set(),
-    "two_towers": {ImageEmbedder, TextEmbedder, ImageTextEmbedder},
-    "siglip2": {ImageEmbedder, TextEmbedder, ImageTextEmbedder},
+    "two_towers": {ImageEmbedder, TextEmbedder, ImageTextEmbedder, PatchEmbedder},
+    "siglip2": {ImageEmbedder, TextEmbedder, ImageTextEmbedder, PatchEmbedder},
     "captioner": {ImageEmbedder, ImageCaptioner},
     "coca": {ImageEmbedder, TextEmbedder, ImageTextEmbedder, ImageCaptioner},
     "mae": {ImageEmbedder},

@@ -21,6 +21,11 @@ which is what makes `texts()` cheap.
 `task="color"` draws single shapes and labels each with its colour's index in
 `class_names`; `templates` ("a {} circle.", ...) make a shape ensemble for zero-shot
 colour classification.
+
+`patch_labels=p` adds `patch_labels` (size/p * size/p,) int32, one label per p x p patch in
+row-major order, from the pixel at the patch's centre: 0 for background, else 1 + the
+index in `SHAPES` of the shape covering it (`patch_label="shape"`) or 1 + its colour's index
+in `colors` (`patch_label="color"`): the targets of the `dense_probe` evaluator.
 """
 
 from __future__ import annotations
@@ -105,7 +110,8 @@ class Shapes:
 
   def __init__(self, split: str = "train", n: int | None = None, size: int = 32,
                max_shapes: int | None = None, task: str = "caption",
-               colors: tuple[str, ...] | list[str] | None = None):
+               colors: tuple[str, ...] | list[str] | None = None,
+               patch_labels: int | None = None, patch_label: str = "shape"):
     if split not in SPLITS:
       raise ValueError(f"Unknown shapes split {split!r}; valid: {tuple(SPLITS)}.")
     if task not in TASKS:
@@ -129,6 +135,12 @@ class Shapes:
     if not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
       raise ValueError(f"shapes size={size!r}: use an integer >= {_MIN_SIZE} "
                        "(smaller shapes are not recognisable).")
+    if patch_labels is not None and (not isinstance(patch_labels, (int, np.integer))
+                                     or patch_labels < 1 or size % patch_labels):
+      raise ValueError(f"shapes patch_labels={patch_labels!r}: give the patch size, an "
+                       f"integer that divides size={size}.")
+    if patch_label not in ("shape", "color"):
+      raise ValueError(f"shapes patch_label={patch_label!r}; valid: shape, color.")
     n = DEFAULT_LENGTHS[split] if n is None else n
     if not isinstance(n, (int, np.integer)) or n < 1:
       raise ValueError(f"shapes n={n!r}: use a positive integer, or None for the default "
@@ -139,6 +151,7 @@ class Shapes:
     self.max_shapes = int(max_shapes)
     self.task = task
     self.colors = colors
+    self.patch_labels, self.patch_label = patch_labels, patch_label
     # Shape side range; two of the largest plus gap and margins still fit across the image.
     self._lo = max(4, round(self.size / 4))
     self._hi = max(self._lo, min(round(self.size * 3 / 8), (self.size - 2 * _MARGIN - _GAP) // 2))
@@ -219,12 +232,24 @@ class Shapes:
       image[y:y + d, x:x + d][_mask(SHAPES[s], d)] = PALETTE[self.colors[c]]
     return image
 
+  def _label_map(self, shapes) -> np.ndarray:
+    """(size, size) int32: 0 background, 1 + shape (or colour) index where a shape is."""
+    labels = np.zeros((self.size, self.size), np.int32)
+    for c, s, y, x, d in shapes:
+      labels[y:y + d, x:x + d][_mask(SHAPES[s], d)] = 1 + (s if self.patch_label == "shape"
+                                                          else c)
+    return labels
+
   def __getitem__(self, i) -> dict:
     i = self._index(i)
     shapes, caption = self._layout(_uniforms(SPLITS[self.split], np.array([i]))[0].tolist())
     label = shapes[0][0] if self.task == "color" else -1
-    return {"key": f"shapes/{self.split}/{i}", "image": self._draw(shapes),
-            "texts": (caption,), "label": np.int32(label)}
+    ex = {"key": f"shapes/{self.split}/{i}", "image": self._draw(shapes),
+          "texts": (caption,), "label": np.int32(label)}
+    if self.patch_labels:
+      p = self.patch_labels
+      ex["patch_labels"] = self._label_map(shapes)[p // 2::p, p // 2::p].reshape(-1)
+    return ex
 
   def texts(self) -> list[str]:
     """Every caption of the split in index order (for tokenizer training); draws no pixels."""
@@ -236,4 +261,6 @@ class Shapes:
 
   def __repr__(self):
     return (f"Shapes(split={self.split!r}, n={self.n}, size={self.size}, "
-            f"max_shapes={self.max_shapes}, task={self.task!r}, colors={self.colors!r})")
+            f"max_shapes={self.max_shapes}, task={self.task!r}, colors={self.colors!r}"
+            + (f", patch_labels={self.patch_labels}, patch_label={self.patch_label!r}"
+               if self.patch_labels else "") + ")")

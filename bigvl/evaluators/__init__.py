@@ -22,6 +22,7 @@ from bigvl.registry import EVALUATORS, SOURCES, accepted_kwargs, config_dict
 from bigvl.evaluators import binding  # noqa: F401  (binding)
 from bigvl.evaluators import captioning  # noqa: F401  (captioning, scoring_zeroshot, perplexity)
 from bigvl.evaluators import classify  # noqa: F401  (classify)
+from bigvl.evaluators import dense_probe  # noqa: F401  (dense_probe)
 from bigvl.evaluators import in_context  # noqa: F401  (in_context)
 from bigvl.evaluators import probes  # noqa: F401  (fewshot, knn)
 from bigvl.evaluators import reconstruction  # noqa: F401  (reconstruction)

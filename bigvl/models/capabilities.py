@@ -15,6 +15,7 @@ Protocol (methods): models that have it -> evaluators that need it.
       -> fewshot, knn
   ImageTextEmbedder (embed_image_joint, embed_text): two_towers, siglip2, coca
       -> zeroshot, retrieval
+  PatchEmbedder (embed_patches): vit, two_towers, siglip2 -> dense_probe
   ImageCaptioner (encode, caption_logits, decode_step): captioner, coca
       -> captioning, scoring_zeroshot, perplexity (and bigvl/decoding.py)
   InterleavedLM (encode_media, lm_logits): flamingo -> in_context
@@ -40,6 +41,16 @@ class ImageEmbedder(Protocol):
     embedding; Captioner / CoCa, the mean of the image tokens the decoder reads (`encode`);
     MAE / SimMIM, the mean encoder token; DINO, the teacher backbone's pooled features.
     """
+    ...
+
+
+@runtime_checkable
+class PatchEmbedder(Protocol):
+  """A model with one feature vector per image patch: what dense probes fit."""
+
+  def embed_patches(self, image: jax.Array) -> jax.Array:
+    """image (b, h, w, c) float -> (b, rows * cols, d) float32, the image tower's tokens of
+    the patches in row-major order (no class token), inference mode."""
     ...
 
 

@@ -101,6 +101,11 @@ class TwoTowers(nn.Module):
     """image (b, h, w, c) -> (b, d) float32: the L2-normalised image embedding (probe features)."""
     return self.embed_image_joint(image)
 
+  def embed_patches(self, image):
+    """image (b, h, w, c) -> (b, rows * cols, width) float32: the image tower's patch tokens
+    (dense features; before the pooling and any projection)."""
+    return self.img.embed_patches(image)
+
   def embed_image_joint(self, image):
     """image (b, h, w, c) -> (b, d) float32 L2-normalised, in the space of `embed_text`."""
     return self(image, None, train=False)[0]

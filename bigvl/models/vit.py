@@ -279,6 +279,13 @@ class ViT(nn.Module):
     feats = extras["pre_logits"]
     return feats.mean(axis=1) if feats.ndim == 3 else feats
 
+  def embed_patches(self, image):
+    """image (b, h, w, c) -> (b, rows * cols, width) float32: the encoder's tokens of the
+    patches (the class token dropped), in inference mode. What dense probes read."""
+    _, extras = self(image, train=False)
+    tokens = extras["tokens"]
+    return (tokens[:, 1:] if self.pool == "cls" else tokens).astype(jnp.float32)
+
   def _naflex(self, patches, spatial_shapes, d: dict, train: bool):
     """NaFlex: patches (b, n, p*p*c), spatial_shapes (b, 2) -> (out, extras)."""
     width, p = d["width"], d["patch_size"]
