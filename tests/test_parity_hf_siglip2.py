@@ -80,6 +80,21 @@ def assert_close(got, want, mask):
   assert np.ptp(want.logits_per_image.numpy()) > 0.1  # Not a constant: the towers matter.
 
 
+def converted_reference(cfg, tmp_path):
+  """(a random-weight HF Siglip2Model of `cfg`, and the bigvl model and params converted
+  from what it saved)."""
+  torch.manual_seed(0)
+  ref = transformers.Siglip2Model(cfg).eval()
+  testing.randomize_(ref)
+  with torch.no_grad():  # SigLIP's published initial values instead of HF's zeros.
+    ref.logit_scale.fill_(math.log(10.0))
+    ref.logit_bias.fill_(-10.0)
+  ref.save_pretrained(tmp_path / "hf")
+  model, params = convert.load_converted(
+      convert.from_hf(str(tmp_path / "hf"), str(tmp_path / "bigvl"), progress=lambda _: None))
+  return ref, model, params
+
+
 def tiny_config(num_patches=16):
   return transformers.Siglip2Config(
       text_config=dict(TINY, vocab_size=1000, max_position_embeddings=16),
@@ -90,15 +105,7 @@ def tiny_config(num_patches=16):
 @pytest.mark.parametrize("num_patches", [16, 9])
 def test_tiny_siglip2_naflex_matches_hf(tmp_path, num_patches):
   cfg = tiny_config(num_patches)
-  torch.manual_seed(0)
-  ref = transformers.Siglip2Model(cfg).eval()
-  testing.randomize_(ref)
-  with torch.no_grad():
-    ref.logit_scale.fill_(math.log(10.0))
-    ref.logit_bias.fill_(-10.0)
-  ref.save_pretrained(tmp_path / "hf")
-  model, params = convert.load_converted(
-      convert.from_hf(str(tmp_path / "hf"), str(tmp_path / "bigvl"), progress=lambda _: None))
+  ref, model, params = converted_reference(cfg, tmp_path)
   with open(tmp_path / "bigvl" / "config.json") as f:
     assert json.load(f)["image"]["posemb_grid"] == math.isqrt(num_patches)
 
@@ -165,15 +172,7 @@ def test_export_without_a_position_grid_is_explained(tmp_path):
 def test_siglip2_b16_naflex_matches_hf(tmp_path):
   # Siglip2Config's defaults are SigLIP 2 B/16 NaFlex (a 16 x 16 position grid).
   cfg = transformers.Siglip2Config()
-  torch.manual_seed(0)
-  ref = transformers.Siglip2Model(cfg).eval()
-  testing.randomize_(ref)
-  with torch.no_grad():
-    ref.logit_scale.fill_(math.log(10.0))
-    ref.logit_bias.fill_(-10.0)
-  ref.save_pretrained(tmp_path / "hf")
-  model, params = convert.load_converted(
-      convert.from_hf(str(tmp_path / "hf"), str(tmp_path / "bigvl"), progress=lambda _: None))
+  ref, model, params = converted_reference(cfg, tmp_path)
   t = cfg.text_config
   ids = testing.token_ids(2, t.max_position_embeddings, t.vocab_size, eos=EOS, pad=PAD)
   patches, mask, shapes = naflex_batch(((16, 16), (8, 30), (20, 12)), n=256, patch=16)

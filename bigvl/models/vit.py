@@ -225,14 +225,20 @@ class ViT(nn.Module):
       x = jnp.take_along_axis(x, keep[..., None].astype(jnp.int32), axis=1)
     if self.pool == "cls":
       x = jnp.concatenate([cls, x], axis=1)
+    x = self._encode(x, d, train)
+    return self._pool_and_head(x, {"tokens": x}, d)
+
+  def _encode(self, x, d: dict, train: bool, mask=None):
+    """Embedded tokens (b, n, width) -> the encoder's (optional pre-norm, dropout, blocks);
+    `mask` (b, n) bool: the keys attention may read (NaFlex padding excluded)."""
     if self.pre_norm:
       x = layers.layer_norm(self.ln_eps, "pre_norm", self.dtype)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     norm_tokens = self.final_norm and not self.norm_pooled
-    x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
-                       self.dropout, norm_tokens, self.attention_impl, self.dtype,
-                       self.remat, scan=self.scan_layers, name="encoder")(x, train=train)
-    return self._pool_and_head(x, {"tokens": x}, d)
+    return layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
+                          self.dropout, norm_tokens, self.attention_impl, self.dtype,
+                          self.remat, scan=self.scan_layers, name="encoder")(
+                              x, mask=mask, train=train)
 
   def _pool_and_head(self, x, extras: dict, d: dict, token_mask=None):
     """Encoded tokens (b, n, width) -> (out, extras); `token_mask` (b, n) bool: the real
@@ -314,12 +320,5 @@ class ViT(nn.Module):
     weights = naflex_posemb_weights(g, spatial_shapes, n)
     x = x + jnp.einsum("bnk,kd->bnd", weights, pe[0].astype(jnp.float32)).astype(x.dtype)
     token_mask = naflex_mask(spatial_shapes, n)
-    if self.pre_norm:
-      x = layers.layer_norm(self.ln_eps, "pre_norm", self.dtype)(x)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    norm_tokens = self.final_norm and not self.norm_pooled
-    x = layers.Encoder(d["depth"], d["num_heads"], d["mlp_dim"], self.act, self.ln_eps,
-                       self.dropout, norm_tokens, self.attention_impl, self.dtype,
-                       self.remat, scan=self.scan_layers, name="encoder")(
-                           x, mask=token_mask, train=train)
+    x = self._encode(x, d, train, token_mask)
     return self._pool_and_head(x, {"tokens": x, "mask": token_mask}, d, token_mask)
