@@ -35,10 +35,7 @@ def _nest(flat: dict) -> dict:
 VIT = dict(width=32, depth=3, mlp_dim=64, num_heads=4, patch_size=4, pool="map")
 
 
-@pytest.mark.parametrize("remat", [
-    "none",
-    pytest.param("full", marks=pytest.mark.slow),  # 11 s; keeps the default suite under 10 min.
-])
+@pytest.mark.parametrize("remat", ["none", "full"])
 def test_scanned_vit_equals_unscanned_with_converted_params(remat):
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
   plain, scanned = ViT(**VIT, remat=remat), ViT(**VIT, remat=remat, scan_layers=True)
