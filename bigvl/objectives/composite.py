@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from bigvl.objectives.protocol import Aux
 from bigvl.registry import OBJECTIVES, config_dict
-from bigvl.state import has_hook
+from bigvl.state import has_hook, model_inputs
 
 # The composite's own keys in a term's config; every other key goes to the term's objective.
 TERM_KEYS = ("weight", "start_step", "start_fraction", "end_step", "end_fraction",
@@ -174,8 +174,7 @@ class Composite:
   def init_inputs(self, batch):
     term = self._term("init_inputs", self.init_term)
     if term is None:
-      from bigvl import state as state_lib
-      return state_lib.model_inputs(None, batch)
+      return model_inputs(None, batch)
     return term.objective.init_inputs(batch)
 
   def init_state(self, params):
